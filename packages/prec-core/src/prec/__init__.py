@@ -1,0 +1,115 @@
+"""prec: pluggable precision for PyTorch training.
+
+``import prec`` is cheap: it loads no plugin and builds no registry. Both happen on first use (a Trainer,
+:func:`get_precision`, ``prec list``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from prec.errors import (
+    AcceleratorUnavailableError,
+    CheckpointError,
+    ConfigurationError,
+    LegacyPrecisionWarning,
+    PerformanceWarning,
+    PluginError,
+    PluginWarning,
+    PrecWarning,
+    UnknownAcceleratorError,
+    UnknownPrecisionError,
+    UnknownStrategyError,
+    UnsupportedPrecisionError,
+)
+from prec.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from prec.accelerator import Accelerator, Availability
+    from prec.callbacks import Callback
+    from prec.module import TrainingModule
+    from prec.plugins import get_registry, register_plugin, reset_registry, unregister_plugin
+    from prec.precision import MixedPrecision, Precision, TruePrecision
+    from prec.strategy import Strategy
+    from prec.trainer import Trainer
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("prec-core")
+except Exception:  # noqa: BLE001 - running from a source tree without metadata
+    __version__ = "0+unknown"
+
+_LAZY = {
+    "Accelerator": "prec.accelerator",
+    "Availability": "prec.accelerator",
+    "Callback": "prec.callbacks",
+    "MixedPrecision": "prec.precision",
+    "Precision": "prec.precision",
+    "Strategy": "prec.strategy",
+    "Trainer": "prec.trainer",
+    "TrainingModule": "prec.module",
+    "TruePrecision": "prec.precision",
+    "get_registry": "prec.plugins",
+    "register_plugin": "prec.plugins",
+    "reset_registry": "prec.plugins",
+    "unregister_plugin": "prec.plugins",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prec' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def get_precision(precision: str | int | None = None, accelerator: str = "auto", **options: Any) -> Precision:
+    """The precision plugin for ``precision`` on ``accelerator``, for your own training loop.
+
+    Raises the same errors as the Trainer: :class:`UnknownPrecisionError` for a name nobody knows,
+    :class:`UnsupportedPrecisionError` for a pair no installed plugin provides.
+    """
+    from prec.plugins import get_registry
+
+    registry = get_registry()
+    target = registry.available_accelerator(accelerator) if accelerator != "auto" else registry.auto_accelerator()
+    name = registry.normalize(precision)
+    if name == "auto":
+        name, _ = target.auto_precision()
+    return registry.create_precision(name, target, **options)
+
+
+__all__ = [
+    "Accelerator",
+    "AcceleratorUnavailableError",
+    "Availability",
+    "Callback",
+    "CheckpointError",
+    "ConfigurationError",
+    "LegacyPrecisionWarning",
+    "MixedPrecision",
+    "PerformanceWarning",
+    "PluginError",
+    "PluginWarning",
+    "PrecWarning",
+    "Precision",
+    "Strategy",
+    "Trainer",
+    "TrainingModule",
+    "TruePrecision",
+    "UnknownAcceleratorError",
+    "UnknownPrecisionError",
+    "UnknownStrategyError",
+    "UnsupportedPrecisionError",
+    "__version__",
+    "get_precision",
+    "get_registry",
+    "hookimpl",
+    "register_plugin",
+    "reset_registry",
+    "unregister_plugin",
+]

@@ -1,0 +1,97 @@
+"""Parse what ``configure_optimizers`` returns into optimizers and scheduler configs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prec.errors import ConfigurationError
+
+
+@dataclass
+class LRSchedulerConfig:
+    """One LR scheduler and when to step it (``interval`` ``"epoch"`` or ``"step"``, every ``frequency``)."""
+
+    scheduler: Any
+    interval: str = "epoch"
+    frequency: int = 1
+    monitor: str | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def parse_optimizers(config: Any) -> tuple[list[torch.optim.Optimizer], list[LRSchedulerConfig]]:
+    """Accept an optimizer, a list of them, a dict with ``optimizer``/``lr_scheduler``, a list of such dicts, or
+    ``([optimizers], [schedulers])``."""
+    optimizers: list[torch.optim.Optimizer] = []
+    schedulers: list[LRSchedulerConfig] = []
+    if isinstance(config, torch.optim.Optimizer):
+        optimizers = [config]
+    elif isinstance(config, Mapping):
+        _parse_dict(config, optimizers, schedulers)
+    elif (
+        isinstance(config, tuple)
+        and len(config) == 2
+        and isinstance(config[0], Sequence)
+        and all(isinstance(item, torch.optim.Optimizer) for item in config[0])
+    ):
+        optimizers = list(config[0])
+        schedulers = [_scheduler_config(item) for item in config[1]]
+    elif isinstance(config, Sequence) and config:
+        for item in config:
+            if isinstance(item, torch.optim.Optimizer):
+                optimizers.append(item)
+            elif isinstance(item, Mapping):
+                _parse_dict(item, optimizers, schedulers)
+            else:
+                raise _bad(config)
+    else:
+        raise _bad(config)
+    for scheduler in schedulers:
+        if scheduler.optimizer is None:
+            scheduler.optimizer = getattr(scheduler.scheduler, "optimizer", None)
+    return optimizers, schedulers
+
+
+def _parse_dict(
+    config: Mapping[str, Any], optimizers: list[torch.optim.Optimizer], schedulers: list[LRSchedulerConfig]
+) -> None:
+    optimizer = config.get("optimizer")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise _bad(config)
+    unknown = set(config) - {"optimizer", "lr_scheduler", "monitor"}
+    if unknown:
+        raise ConfigurationError(f"configure_optimizers() dict has unknown keys {sorted(unknown)}.")
+    optimizers.append(optimizer)
+    if config.get("lr_scheduler") is not None:
+        scheduler = _scheduler_config(config["lr_scheduler"], config.get("monitor"))
+        scheduler.optimizer = optimizer
+        schedulers.append(scheduler)
+
+
+def _scheduler_config(item: Any, monitor: str | None = None) -> LRSchedulerConfig:
+    if isinstance(item, Mapping):
+        if "scheduler" not in item:
+            raise ConfigurationError("an lr_scheduler dict needs a 'scheduler' key.")
+        unknown = set(item) - {"scheduler", "interval", "frequency", "monitor", "name"}
+        if unknown:
+            raise ConfigurationError(f"lr_scheduler dict has unknown keys {sorted(unknown)}.")
+        interval = item.get("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ConfigurationError(f"lr_scheduler interval={interval!r} must be 'epoch' or 'step'.")
+        frequency = int(item.get("frequency", 1))
+        if frequency < 1:
+            raise ConfigurationError(f"lr_scheduler frequency={frequency} must be >= 1.")
+        return LRSchedulerConfig(item["scheduler"], interval, frequency, item.get("monitor", monitor))
+    if not hasattr(item, "step"):
+        raise ConfigurationError(f"{item!r} is not an LR scheduler (it has no step()).")
+    return LRSchedulerConfig(item, monitor=monitor)
+
+
+def _bad(config: Any) -> ConfigurationError:
+    return ConfigurationError(
+        f"configure_optimizers() returned {type(config).__name__}; return an optimizer, a list of optimizers,"
+        " or {'optimizer': ..., 'lr_scheduler': ...}."
+    )

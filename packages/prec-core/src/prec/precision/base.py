@@ -1,0 +1,186 @@
+"""The Precision base class. It is a no-op, and a no-op is exactly 32-true.
+
+One hierarchy serves the Trainer and a user's own loop::
+
+    precision = prec.get_precision("bf16-mixed", accelerator="cpu")
+    model = precision.convert_module(model)
+    for x, y in loader:
+        x = precision.convert_input(x)
+        with precision.forward_context():
+            loss = loss_fn(model(x), y)
+        precision.backward(loss, model)
+        precision.optimizer_step(optimizer)
+        optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from prec.errors import ConfigurationError
+
+GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Set torch's default floating dtype for the body; restore the previous one even if the body raises."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def apply_to_tensors(data: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``function`` to every tensor in nested lists, tuples (named too) and dicts; keep the containers."""
+    if isinstance(data, Tensor):
+        return function(data)
+    if isinstance(data, (list, tuple)):
+        converted = [apply_to_tensors(item, function) for item in data]
+        if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+            return type(data)(*converted)
+        return converted if type(data) is list else type(data)(converted)
+    if isinstance(data, dict):
+        return type(data)((key, apply_to_tensors(value, function)) for key, value in data.items())
+    return data
+
+
+def to_float32(tensor: Tensor) -> Tensor:
+    """Cast a floating tensor of another width to float32; leave integers and float32 alone."""
+    return tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float32 else tensor
+
+
+class Precision:
+    """32-true: float32 weights and math, no loss scaling. Subclasses override only what they change.
+
+    Attributes:
+        name: the canonical precision string (``"32-true"``).
+        param_dtype: the dtype floating-point parameters have after :meth:`convert_module`.
+        compute_dtype: the dtype most math runs in inside :meth:`forward_context`.
+        device_type: the torch device type this instance was built for, or ``None`` if any device works.
+    """
+
+    name: str = "32-true"
+    param_dtype: torch.dtype = torch.float32
+    compute_dtype: torch.dtype = torch.float32
+    device_type: str | None = None
+
+    #: Whether the last :meth:`optimizer_step` was skipped (a grad scaler found inf/NaN gradients).
+    step_skipped: bool = False
+    #: How many optimizer steps were skipped since this precision was created (or its state loaded).
+    skipped_steps: int = 0
+
+    # -- module and tensor creation ----------------------------------------------------------------------------
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Cast an already built module's parameters and buffers to this precision (in place, returned)."""
+        return module
+
+    def tensor_init_context(self) -> AbstractContextManager[None]:
+        """Context in which new tensors get this precision's dtype (the default dtype)."""
+        return nullcontext()
+
+    def module_init_context(self) -> AbstractContextManager[None]:
+        """Context for building modules (``Trainer.init_module``, ``configure_model``): weights are born in
+        :attr:`param_dtype`, never materialised in float32 first."""
+        return self.tensor_init_context()
+
+    def setup_module(self, module: torch.nn.Module) -> None:
+        """Check a converted module before training; raise :class:`ConfigurationError` if it cannot work."""
+
+    def setup_optimizer(self, optimizer: Optimizer) -> None:
+        """Check an optimizer before training (e.g. LBFGS cannot run with a grad scaler)."""
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def forward_context(self) -> AbstractContextManager[None]:
+        """Context around each ``*_step``: autocast for mixed precisions, the default dtype for true ones."""
+        return nullcontext()
+
+    def convert_input(self, data: Any) -> Any:
+        """Cast floating-point inputs (any nesting of tuples, lists and dicts) to the compute dtype."""
+        return data
+
+    def convert_output(self, data: Any) -> Any:
+        """Cast floating-point outputs back to float32, so code after the step sees one dtype."""
+        return data
+
+    def backward(self, tensor: Tensor, module: torch.nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        """Run backward from ``tensor`` (scaled by the grad scaler where there is one)."""
+        tensor.backward(*args, **kwargs)
+
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        """Turn scaled gradients back into true ones; a no-op without a scaler. Safe to call twice per step."""
+
+    def clip_gradients(
+        self,
+        optimizer: Optimizer,
+        clip_val: float | None,
+        algorithm: str = "norm",
+        parameters: Iterable[Tensor] | None = None,
+    ) -> Tensor | None:
+        """Clip the gradients of ``optimizer``'s parameters after unscaling them; return the total norm.
+
+        ``algorithm`` is ``"norm"`` (``clip_grad_norm_``, returns the norm before clipping) or ``"value"``
+        (``clip_grad_value_``, returns ``None``). ``clip_val`` ``None`` or ``0`` means no clipping.
+        """
+        if algorithm not in GRADIENT_CLIP_ALGORITHMS:
+            raise ConfigurationError(
+                f"gradient_clip_algorithm={algorithm!r} is not valid; use one of {GRADIENT_CLIP_ALGORITHMS}."
+            )
+        if not clip_val:
+            return None
+        if clip_val < 0:
+            raise ConfigurationError(f"gradient_clip_val={clip_val} must be >= 0.")
+        self.unscale_gradients(optimizer)
+        params = list(parameters) if parameters is not None else _optimizer_params(optimizer)
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_val)
+            return None
+        return torch.nn.utils.clip_grad_norm_(params, clip_val)
+
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any] | None = None,
+        *,
+        update: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Step ``optimizer`` (through the grad scaler where there is one) and return what ``step`` returned.
+
+        After the call :attr:`step_skipped` says whether the step was skipped for inf/NaN gradients.
+        ``update=False`` defers :meth:`update_scaler` when several optimizers step from one backward pass.
+        """
+        return optimizer.step(closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+
+    def update_scaler(self) -> None:
+        """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers the Trainer logs automatically (the loss scale and skipped steps under a scaler)."""
+        return {}
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep to resume this precision exactly (the grad scaler's state)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+
+    def teardown(self) -> None:
+        """Undo anything global this precision changed. Called once at the end of each run; idempotent."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _optimizer_params(optimizer: Optimizer) -> list[Tensor]:
+    return [param for group in optimizer.param_groups for param in group["params"]]

@@ -1,0 +1,124 @@
+"""Strategies: how many processes run, and where the model and data live. prec-core ships ``single``.
+
+The Trainer talks to a strategy only through the methods below, so a plugin can add one (DDP, FSDP …) without
+touching the Trainer. Every method has the single-device meaning by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from prec.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from prec.accelerator import Accelerator
+    from prec.precision import Precision
+    from prec.registry import RegisterStrategy
+
+
+class Strategy:
+    """One process, one device. Subclasses override what distribution changes."""
+
+    name: str = "single"
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        devices: list[int],
+        precision: Precision,
+        num_nodes: int = 1,
+        **options: Any,
+    ) -> None:
+        self.accelerator = accelerator
+        self.devices = devices
+        self.precision = precision
+        self.num_nodes = num_nodes
+        self.options = options
+        self.root_device: torch.device = accelerator.get_device(devices[0] if devices else 0)
+
+    # -- processes ------------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def global_rank(self) -> int:
+        return 0
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    def launch(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` on every process this strategy needs (here: in this one) and return rank 0's
+        result."""
+        return function(*args)
+
+    def setup_environment(self) -> None:
+        """Join process groups and select this process's device."""
+        self.accelerator.setup_device(self.root_device)
+
+    # -- model and data -------------------------------------------------------------------------------------
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move the (precision-converted) module to its device and wrap it if the strategy needs to."""
+        return module.to(self.root_device)
+
+    def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
+        """The callable the loops call for ``training_step`` & co. A wrapper such as DDP must be called through
+        its ``forward`` for gradient synchronisation; one device calls the module's method directly."""
+        return getattr(module, name)
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        return optimizer
+
+    def setup_dataloader(self, dataloader: DataLoader[Any] | Any) -> Any:
+        """Give this process its shard of the data (a distributed sampler under DDP)."""
+        return dataloader
+
+    def batch_to_device(self, batch: Any) -> Any:
+        from prec.precision.base import apply_to_tensors
+
+        device = self.root_device
+        return apply_to_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
+
+    def module_init_device(self) -> torch.device:
+        """The device ``Trainer.init_module`` builds parameters on."""
+        return self.root_device
+
+    # -- collectives ----------------------------------------------------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        """Wait for every process."""
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        """Reduce a tensor over processes (``"mean"`` or ``"sum"``)."""
+        return tensor
+
+    def reduce_any(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is true on any (used to keep skipped steps consistent)."""
+        return flag
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        return module.state_dict()
+
+    def teardown(self) -> None:
+        self.accelerator.teardown()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(accelerator={self.accelerator.name!r}, devices={self.devices})"
+
+
+@hookimpl
+def prec_register_strategies(register: RegisterStrategy) -> None:
+    register("single", Strategy, description="one process on one device")

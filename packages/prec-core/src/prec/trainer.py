@@ -1,0 +1,294 @@
+"""The Trainer: resolves accelerator, precision and strategy from the registry, then runs the loops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from prec.accelerator import Accelerator, DevicesInput
+from prec.callbacks import Callback
+from prec.errors import ConfigurationError
+from prec.metrics import MetricStore
+from prec.module import TrainingModule
+from prec.names import AUTO
+from prec.plugins import get_registry
+from prec.precision import Precision
+from prec.strategy import Strategy
+
+
+class Trainer:
+    """Train a :class:`prec.TrainingModule` at a chosen precision on a chosen accelerator.
+
+    Args:
+        accelerator: a registered accelerator name or alias (``"cpu"``, ``"gpu"``, ``"tpu"``) or ``"auto"``.
+        devices: ``"auto"``, a count, or a list of device indices.
+        precision: a precision name (``"bf16-mixed"`` …), a legacy value (``16``, ``"32"`` …), ``"auto"``
+            or ``None`` (32-true).
+        plugins: a configured :class:`prec.Precision` instance to use as is (then leave ``precision`` unset).
+        strategy: ``"auto"``, ``"single"`` or a strategy a plugin registered (``"ddp"`` …).
+        max_epochs, max_steps: stop after whichever comes first (``max_steps=-1``: no step limit; with neither
+            set, 1000 epochs).
+        limit_train_batches, limit_val_batches: an int (batches) or a float (fraction) per epoch.
+        check_val_every_n_epoch: run validation every N training epochs.
+        precision_options: keyword options for the precision's factory (``init_scale`` …).
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Accelerator = "auto",
+        devices: DevicesInput = "auto",
+        precision: str | int | None = None,
+        plugins: Precision | Sequence[Any] | None = None,
+        strategy: str = "auto",
+        num_nodes: int = 1,
+        max_epochs: int | None = None,
+        max_steps: int = -1,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        check_val_every_n_epoch: int = 1,
+        callbacks: Callback | Iterable[Callback] | None = None,
+        enable_progress_bar: bool = True,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        precision_options: dict[str, Any] | None = None,
+    ) -> None:
+        registry = get_registry()
+        self._registry = registry
+        #: Why ``precision="auto"`` chose what it chose (``None`` when a precision was given).
+        self.auto_precision_reason: str | None = None
+        if isinstance(accelerator, Accelerator):
+            self.accelerator = accelerator
+        elif isinstance(accelerator, str):
+            self.accelerator = registry.available_accelerator(accelerator)
+        else:
+            raise ConfigurationError(f"accelerator={accelerator!r} must be a name such as 'cpu', 'gpu' or 'auto'.")
+        self.precision_plugin = self._select_precision(precision, plugins, precision_options or {})
+        self.devices = self.accelerator.parse_devices(devices)
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise ConfigurationError(f"num_nodes={num_nodes!r} must be a positive int.")
+        self.strategy = self._select_strategy(strategy, num_nodes)
+
+        if max_epochs is None and max_steps == -1:
+            max_epochs = 1000
+        if max_epochs is not None and max_epochs < 0:
+            raise ConfigurationError(f"max_epochs={max_epochs} must be >= 0 or None.")
+        if max_steps < -1:
+            raise ConfigurationError(f"max_steps={max_steps} must be >= 0, or -1 for no limit.")
+        if check_val_every_n_epoch < 1:
+            raise ConfigurationError(f"check_val_every_n_epoch={check_val_every_n_epoch} must be >= 1.")
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.limit_train_batches = _check_limit("limit_train_batches", limit_train_batches)
+        self.limit_val_batches = _check_limit("limit_val_batches", limit_val_batches)
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        if isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        self.callbacks: list[Callback] = list(callbacks or [])
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise ConfigurationError(f"callbacks must be prec.Callback instances, got {callback!r}.")
+        self.enable_progress_bar = enable_progress_bar
+        self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path.cwd()
+
+        self.global_step = 0
+        self.current_epoch = 0
+        self.should_stop = False
+        self.state = "initializing"
+        self.model: TrainingModule | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[Any] = []
+        self._metrics = MetricStore()
+
+    # -- selection ------------------------------------------------------------------------------------------
+    def _select_precision(self, precision: Any, plugins: Any, options: dict[str, Any]) -> Precision:
+        if plugins is None:
+            plugins = []
+        elif isinstance(plugins, Precision) or not isinstance(plugins, (list, tuple)):
+            plugins = [plugins]
+        instances = [plugin for plugin in plugins if isinstance(plugin, Precision)]
+        others = [plugin for plugin in plugins if not isinstance(plugin, Precision)]
+        if others:
+            raise ConfigurationError(f"plugins= takes prec.Precision instances; got {others!r}.")
+        if len(instances) > 1:
+            raise ConfigurationError(f"plugins= holds {len(instances)} precisions; pass one: {instances!r}.")
+        if instances:
+            if precision is not None:
+                raise ConfigurationError(
+                    f"precision={precision!r} and plugins=[{instances[0]!r}] both choose the precision; pass one."
+                )
+            if options:
+                raise ConfigurationError("precision_options apply to a precision built by name, not to plugins=[...].")
+            instance = instances[0]
+            expected = self.accelerator.device_type or self.accelerator.name
+            if instance.device_type is not None and instance.device_type != expected:
+                raise ConfigurationError(
+                    f"{instance!r} was built for device type {instance.device_type!r}, but the accelerator is"
+                    f" {self.accelerator.name!r}. Build it with prec.get_precision(name, {self.accelerator.name!r})."
+                )
+            return instance
+        name = self._registry.normalize(precision)
+        if name == AUTO:
+            name, self.auto_precision_reason = self.accelerator.auto_precision()
+        return self._registry.create_precision(name, self.accelerator, **options)
+
+    def _select_strategy(self, strategy: str, num_nodes: int) -> Strategy:
+        if isinstance(strategy, Strategy):
+            return strategy
+        if not isinstance(strategy, str):
+            raise ConfigurationError(f"strategy={strategy!r} must be a strategy name such as 'auto' or 'ddp'.")
+        processes = len(self.devices) * num_nodes
+        name = strategy
+        if strategy == "auto":
+            name = "single" if processes == 1 else "ddp"
+        elif strategy == "single" and processes > 1:
+            raise ConfigurationError(
+                f"strategy='single' runs one process, but devices={self.devices} and num_nodes={num_nodes} ask for"
+                f" {processes}. Use strategy='ddp' or devices=1."
+            )
+        entry = self._registry.strategy_entry(name)
+        self._registry.check_strategy(entry, self.accelerator.name, self.precision_plugin.name)
+        return entry.factory(
+            accelerator=self.accelerator, devices=self.devices, precision=self.precision_plugin, num_nodes=num_nodes
+        )
+
+    # -- public state ---------------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The canonical precision name in use (``"bf16-mixed"`` …)."""
+        return self.precision_plugin.name
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """Everything logged with ``self.log``: the latest step values and the last epoch means."""
+        return self._metrics.callback_metrics()
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        return self._metrics.progress_bar_metrics()
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def lightning_module(self) -> TrainingModule | None:
+        return self.model
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+        """Build modules inside this block to have their parameters born on the device, in the precision's dtype
+        (bf16-true never materialises float32 weights). ``empty_init=True`` also skips weight initialisation
+        (for weights a checkpoint overwrites next)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.strategy.module_init_device())
+            if empty_init:
+                stack.enter_context(_SkipInit())
+            stack.enter_context(self.precision_plugin.module_init_context())
+            yield
+
+    # -- entry points ---------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: TrainingModule,
+        train_dataloaders: Iterable[Any] | None = None,
+        val_dataloaders: Iterable[Any] | None = None,
+    ) -> None:
+        """Train ``model`` on ``train_dataloaders``; validate on ``val_dataloaders`` after each epoch."""
+        if train_dataloaders is None:
+            raise ConfigurationError("fit() needs train_dataloaders.")
+        from prec.loops import run_fit
+
+        self._run("fit", model, lambda: run_fit(self, model, train_dataloaders, val_dataloaders))
+
+    def validate(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
+        """Run ``validation_step`` over ``dataloaders``; return the epoch metrics."""
+        from prec.loops import run_evaluation
+
+        return self._run("validate", model, lambda: run_evaluation(self, model, dataloaders, "validate"))
+
+    def test(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
+        """Run ``test_step`` over ``dataloaders``; return the epoch metrics."""
+        from prec.loops import run_evaluation
+
+        return self._run("test", model, lambda: run_evaluation(self, model, dataloaders, "test"))
+
+    def predict(self, model: TrainingModule, dataloaders: Iterable[Any]) -> list[Any]:
+        """Run ``predict_step`` over ``dataloaders``; return the outputs, passed through the precision's
+        ``convert_output`` (float32 for 16-bit precisions)."""
+        from prec.loops import run_predict
+
+        return self._run("predict", model, lambda: run_predict(self, model, dataloaders))
+
+    def _run(self, stage: str, model: TrainingModule, body: Any) -> Any:
+        if not isinstance(model, TrainingModule):
+            raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
+        from prec.loops import setup_model, teardown_run
+
+        self.state = stage
+        self.model = model
+        object.__setattr__(model, "_prec_trainer", self)  # plain attribute: no nn.Module bookkeeping
+        self._metrics.training = stage == "fit"
+        try:
+            self.strategy.setup_environment()
+            setup_model(self, model, stage)
+            return body()
+        except BaseException as exception:
+            for callback in self.callbacks:
+                callback.on_exception(self, model, exception)
+            raise
+        finally:
+            teardown_run(self, model, stage)
+
+    # -- manual optimization (called through TrainingModule) ----------------------------------------------------
+    def _manual_optimizers(self) -> list[Any]:
+        from prec.loops import ManualOptimizer
+
+        wrappers = self.__dict__.get("_manual_wrappers")
+        if wrappers is None or [w.optimizer for w in wrappers] != self.optimizers:
+            wrappers = self._manual_wrappers = [ManualOptimizer(opt, self) for opt in self.optimizers]
+        return wrappers
+
+    def _manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.precision_plugin.backward(loss, self.model, *args, **kwargs)
+
+    def _clip_gradients(
+        self, optimizer: Any, gradient_clip_val: float | None, gradient_clip_algorithm: str | None
+    ) -> torch.Tensor | None:
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        return self.precision_plugin.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skip ``torch.nn.init`` functions: parameters keep their uninitialised memory (for ``empty_init``)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs.get("tensor", args[0] if args else None)
+        return func(*args, **kwargs)
+
+
+def _check_limit(name: str, value: int | float | None) -> int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name}={value!r} must be an int (batches) or a float in [0, 1] (fraction).")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"{name}={value} as a fraction must lie in [0, 1]; pass an int for a batch count.")
+    if isinstance(value, int) and value < 0:
+        raise ConfigurationError(f"{name}={value} must be >= 0.")
+    return value
