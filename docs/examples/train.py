@@ -1,6 +1,6 @@
 """Train a small regression model with prec at a chosen precision.
 
-    python docs/examples/train.py --precision bf16-mixed --accelerator cpu --epochs 2
+python docs/examples/train.py --precision bf16-mixed --accelerator cpu --epochs 2
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def extract_loss(output: Any) -> torch.Tensor | None:
 
 
 # -- fit ---------------------------------------------------------------------------------------------------
-def run_fit(trainer: Trainer, model: TrainingModule, train_loader: Iterable[Any], val_loader: Iterable[Any] | None) -> None:
+def run_fit(
+    trainer: Trainer, model: TrainingModule, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
+) -> None:
     optimizers, schedulers = parse_optimizers(model.configure_optimizers())
     for optimizer in optimizers:
         trainer.precision_plugin.setup_optimizer(optimizer)

@@ -187,9 +187,7 @@ class Registry:
                 label = f"{key[0]!r} on {key[1]!r}" if kind == "precision" else repr(key)
                 self.conflicts[(kind, _key_text(key))] = Conflict(kind, label, tuple(e.origin for e in winners))
         self._aliases = {alias: name for name, acc in self.accelerators.items() for alias in acc.aliases}
-        self._precision_aliases = {
-            alias: entry.name for entry in self.precisions.values() for alias in entry.aliases
-        }
+        self._precision_aliases = {alias: entry.name for entry in self.precisions.values() for alias in entry.aliases}
         self._instances.clear()
 
     # -- accelerators ---------------------------------------------------------------------------------------
@@ -232,7 +230,8 @@ class Registry:
         raise UnknownAcceleratorError(
             "accelerator='auto' found no available accelerator."
             + (f" Installed: {', '.join(sorted(self.accelerators))}." if self.accelerators else "")
-            + " Install one, e.g. `pip install prec-cpu`." + self._broken_plugins_note()
+            + " Install one, e.g. `pip install prec-cpu`."
+            + self._broken_plugins_note()
         )
 
     def _missing_accelerator_message(self, name: str, canonical: str) -> str:

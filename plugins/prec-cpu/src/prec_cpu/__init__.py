@@ -13,8 +13,9 @@ import platform
 import subprocess
 from typing import Any
 
-import prec
 import torch
+
+import prec
 from prec._warnings import warn
 from prec.accelerator import Accelerator, Availability
 from prec.errors import PerformanceWarning
