@@ -210,33 +210,29 @@ class Trainer:
         """Train ``model`` on ``train_dataloaders``; validate on ``val_dataloaders`` after each epoch."""
         if train_dataloaders is None:
             raise ConfigurationError("fit() needs train_dataloaders.")
-        from prec.loops import run_fit
-
-        self._run("fit", model, lambda: run_fit(self, model, train_dataloaders, val_dataloaders))
+        self._launch("fit", model, train_dataloaders, val_dataloaders)
 
     def validate(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
         """Run ``validation_step`` over ``dataloaders``; return the epoch metrics."""
-        from prec.loops import run_evaluation
-
-        return self._run("validate", model, lambda: run_evaluation(self, model, dataloaders, "validate"))
+        return self._launch("validate", model, dataloaders)
 
     def test(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
         """Run ``test_step`` over ``dataloaders``; return the epoch metrics."""
-        from prec.loops import run_evaluation
-
-        return self._run("test", model, lambda: run_evaluation(self, model, dataloaders, "test"))
+        return self._launch("test", model, dataloaders)
 
     def predict(self, model: TrainingModule, dataloaders: Iterable[Any]) -> list[Any]:
         """Run ``predict_step`` over ``dataloaders``; return the outputs, passed through the precision's
         ``convert_output`` (float32 for 16-bit precisions)."""
-        from prec.loops import run_predict
+        return self._launch("predict", model, dataloaders)
 
-        return self._run("predict", model, lambda: run_predict(self, model, dataloaders))
-
-    def _run(self, stage: str, model: TrainingModule, body: Any) -> Any:
+    def _launch(self, stage: str, model: TrainingModule, *loaders: Any) -> Any:
         if not isinstance(model, TrainingModule):
             raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
-        from prec.loops import setup_model, teardown_run
+        # The strategy decides how many processes run the stage (a bound method, so it can be pickled).
+        return self.strategy.launch(self._run_stage, stage, model, *loaders)
+
+    def _run_stage(self, stage: str, model: TrainingModule, *loaders: Any) -> Any:
+        from prec import loops
 
         self.state = stage
         self.model = model
@@ -244,14 +240,18 @@ class Trainer:
         self._metrics.training = stage == "fit"
         try:
             self.strategy.setup_environment()
-            setup_model(self, model, stage)
-            return body()
+            loops.setup_model(self, model, stage)
+            if stage == "fit":
+                return loops.run_fit(self, model, *loaders)
+            if stage == "predict":
+                return loops.run_predict(self, model, *loaders)
+            return loops.run_evaluation(self, model, *loaders, stage)
         except BaseException as exception:
             for callback in self.callbacks:
                 callback.on_exception(self, model, exception)
             raise
         finally:
-            teardown_run(self, model, stage)
+            loops.teardown_run(self, model, stage)
 
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def _manual_optimizers(self) -> list[Any]:
