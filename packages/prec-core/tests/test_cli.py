@@ -1,0 +1,78 @@
+"""`prec list`, `prec list --json` and `prec --version`, run as a user runs them (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import prec
+
+
+def run_prec(*args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("prec") or ""
+    command = [executable, *args] if executable else [sys.executable, "-m", "prec.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def listing() -> dict[str, object]:
+    result = run_prec("list", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_json_schema(listing: dict[str, object]) -> None:
+    assert {"plugins", "accelerators", "matrix"} <= set(listing)
+    for plugin in listing["plugins"]:  # type: ignore[union-attr]
+        assert {"name", "distribution", "version", "status", "error"} <= set(plugin)
+        assert plugin["status"] in {"ok", "error", "disabled"}
+    for accelerator in listing["accelerators"]:  # type: ignore[union-attr]
+        assert {"name", "aliases", "available", "reason"} <= set(accelerator)
+        assert isinstance(accelerator["available"], bool)
+        assert (accelerator["reason"] is None) == accelerator["available"]
+    assert all(isinstance(v, list) for v in listing["matrix"].values())  # type: ignore[union-attr]
+
+
+def test_json_reports_prec_cpu(listing: dict[str, object]) -> None:
+    plugins = {p["name"]: p for p in listing["plugins"]}  # type: ignore[union-attr]
+    assert plugins["cpu"]["distribution"] == "prec-cpu" and plugins["cpu"]["status"] == "ok"
+    assert plugins["cpu"]["version"] == prec.get_registry().plugins["cpu"].version
+    cpu = next(a for a in listing["accelerators"] if a["name"] == "cpu")  # type: ignore[union-attr]
+    assert cpu["available"] is True
+    matrix = listing["matrix"]
+    for name in ("32-true", "bf16-mixed", "bf16-true", "16-true"):
+        assert "cpu" in matrix[name]  # type: ignore[index]
+    assert "cpu" not in matrix.get("16-mixed", [])  # type: ignore[union-attr]
+
+
+def test_table_output() -> None:
+    result = run_prec("list")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Precisions" in out and "Accelerators" in out and "Plugins" in out
+    assert "bf16-mixed" in out and "prec-cpu" in out
+
+
+def test_version() -> None:
+    result = run_prec("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"prec {prec.__version__}"
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_prec("lsit")
+    assert result.returncode == 2 and "No such command" in result.stderr
+
+
+def test_import_prec_loads_no_plugin_and_builds_no_registry() -> None:
+    code = (
+        "import sys, prec; "
+        "assert 'prec_cpu' not in sys.modules, 'plugin imported'; "
+        "assert 'prec.trainer' not in sys.modules; "
+        "import prec.plugins as p; assert p._registry is None; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.strip() == "ok", result.stderr
