@@ -115,3 +115,14 @@ def test_clip_gradients_by_norm_and_value() -> None:
     assert total == pytest.approx(1.0, rel=1e-4)
     plugin.clip_gradients(optimizer, 0.01, "value")
     assert all(p.grad.abs().max() <= 0.01 + 1e-7 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["bf16-true", "16-true"])
+def test_true_precision_conversion_keeps_complex_and_integer_tensors(name: str) -> None:
+    module = torch.nn.Linear(2, 2)
+    module.register_buffer("phase", torch.tensor([1 + 2j, 3 - 1j]))
+    module.register_buffer("count", torch.tensor([3]))
+    prec.get_precision(name, "cpu").convert_module(module)
+    assert module.weight.dtype == prec.get_precision(name, "cpu").param_dtype
+    assert module.phase.dtype == torch.complex64 and module.phase[0].imag.item() == 2.0
+    assert module.count.dtype == torch.int64

@@ -35,7 +35,9 @@ class TruePrecision(Precision):
         self._convert_from = frozenset(convert_inputs_from if convert_inputs_from is not None else floating - {dtype})
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(dtype=self.param_dtype)
+        # Not module.to(dtype): that casts complex tensors to a real dtype and drops their imaginary part.
+        dtype = self.param_dtype
+        return module._apply(lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
 
     def tensor_init_context(self) -> AbstractContextManager[None]:
         return default_dtype(self.param_dtype)
