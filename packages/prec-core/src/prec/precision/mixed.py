@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -13,6 +14,9 @@ from torch.optim import Optimizer
 
 from prec.errors import ConfigurationError
 from prec.precision.base import Precision, apply_to_tensors, to_float32
+
+#: Options of ``torch.amp.GradScaler`` a precision accepts (``enabled`` is not one: pass ``scaler=None``).
+SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
 
 
 class MixedPrecision(Precision):
@@ -26,6 +30,9 @@ class MixedPrecision(Precision):
             ``scaler_options``, or ``None`` for no scaling (bfloat16 has float32's range and needs none).
         cache_enabled: autocast's weight-cast cache (turn off to save memory when weights change inside a step).
         scaler_options: ``init_scale``, ``growth_factor``, ``backoff_factor``, ``growth_interval``.
+
+    Skip tracking does not synchronise with the device: the inf/NaN flags stay on the device until
+    :attr:`step_skipped`, :attr:`skipped_steps` or :meth:`metrics` is read.
     """
 
     def __init__(
@@ -41,26 +48,73 @@ class MixedPrecision(Precision):
         self.name = name
         self.device_type = device_type
         self.compute_dtype = dtype
-        self.cache_enabled = cache_enabled
+        self.cache_enabled = bool(cache_enabled)
         if scaler is True:
-            scaler = torch.amp.GradScaler(device_type, **scaler_options)
+            scaler = torch.amp.GradScaler(device_type, **_check_scaler_options(name, scaler_options))
         elif scaler_options:
             raise ConfigurationError(
                 f"{name} has no grad scaler, so {sorted(scaler_options)} cannot be applied."
                 if not scaler
                 else "pass scaler options when building the scaler yourself, not both."
             )
+        if scaler is not None and scaler is not False:
+            _check_scaler(name, scaler, device_type)
         self.scaler: torch.amp.GradScaler | None = scaler or None
         self._unscaled: set[int] = set()
         self._stepped = False  # scaler.update() is only valid after at least one scaler.step()
-        self.step_skipped = False
-        self.skipped_steps = 0
+        self._iteration_flags: list[Tensor] = []  # found-inf flags of this iteration's steps, on the device
+        self._iteration_skipped: bool | None = False  # resolved value of the flags (None: not read yet)
+        self._skipped_counted = 0  # skipped steps already read back from the device
+        self._skipped_pending: Tensor | None = None  # skipped steps still on the device
 
     def forward_context(self) -> AbstractContextManager[None]:
         return torch.autocast(self.device_type, dtype=self.compute_dtype, cache_enabled=self.cache_enabled)
 
     def convert_output(self, data: Any) -> Any:
         return apply_to_tensors(data, to_float32)
+
+    # -- skip bookkeeping -----------------------------------------------------------------------------------
+    @property  # type: ignore[override]
+    def step_skipped(self) -> bool:
+        """Whether an optimizer step of the last iteration was skipped for inf/NaN gradients (with several
+        optimizers stepped before one :meth:`update_scaler`: whether any of them was)."""
+        if self._iteration_skipped is None:
+            self._iteration_skipped = any(bool(flag.item()) for flag in self._iteration_flags)
+        return self._iteration_skipped
+
+    @step_skipped.setter
+    def step_skipped(self, value: bool) -> None:
+        self._iteration_flags = []
+        self._iteration_skipped = bool(value)
+
+    @property  # type: ignore[override]
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for inf/NaN gradients since creation (or since the state was loaded)."""
+        if self._skipped_pending is not None:
+            self._skipped_counted += int(self._skipped_pending.item())
+            self._skipped_pending = None
+        return self._skipped_counted
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped_counted = int(value)
+        self._skipped_pending = None
+
+    def _record_step(self, found_inf_per_device: dict[Any, Tensor]) -> None:
+        if not self._stepped:  # first step of a new iteration
+            self._iteration_flags = []
+        self._iteration_skipped = None
+        flags = list(found_inf_per_device.values())
+        if not flags:  # an optimizer on the legacy protocol that records nothing: nothing to count
+            self._iteration_skipped = None if self._iteration_flags else False
+            return
+        flag = flags[0] if len(flags) == 1 else sum(f.to(flags[0].device, non_blocking=True) for f in flags)
+        skipped = flag.gt(0).to(torch.int64)  # type: ignore[union-attr]
+        self._iteration_flags.append(skipped)
+        if self._skipped_pending is None:
+            self._skipped_pending = skipped
+        else:
+            self._skipped_pending = self._skipped_pending + skipped.to(self._skipped_pending.device)
 
     # -- scaler ---------------------------------------------------------------------------------------------
     def setup_module(self, module: torch.nn.Module) -> None:
@@ -97,7 +151,8 @@ class MixedPrecision(Precision):
                 " be unscaled earlier for gradient clipping or on_before_optimizer_step. Use torch's own"
                 " optimizers (fused ones included, they accept unscaled gradients) or drop gradient clipping."
             )
-        self.scaler.unscale_(optimizer)
+        if _has_gradients(optimizer):  # no gradients: nothing to unscale (and torch would record no inf check)
+            self.scaler.unscale_(optimizer)
         self._unscaled.add(id(optimizer))
 
     def optimizer_step(
@@ -114,18 +169,21 @@ class MixedPrecision(Precision):
         if self.scaler is None:
             self.step_skipped = False
             return super().optimizer_step(optimizer, closure, **kwargs)
-        if closure is not None:
-            closure_result = closure()  # the scaler cannot step through a closure: run it first
-            kwargs = dict(kwargs)
-        else:
-            closure_result = None
-        result = self.scaler.step(optimizer, **kwargs)
-        state = self.scaler._per_optimizer_states[id(optimizer)]  # noqa: SLF001 - no public "was skipped" API
-        skipped = bool(sum(v.item() for v in state["found_inf_per_device"].values()))
+        self.setup_optimizer(optimizer)  # a user's own loop may never have called it
+        # The scaler cannot step through a closure: run it first (it computes and scales the gradients).
+        closure_result = closure() if closure is not None else None
         self._unscaled.discard(id(optimizer))
-        self.step_skipped = skipped
-        self.skipped_steps += int(skipped)
-        self._stepped = True
+        if not _has_gradients(optimizer):
+            # No parameter of this optimizer got a gradient (frozen, or unused this step): torch's scaler would
+            # assert; a plain step is a no-op for the parameters and keeps LR schedulers in order.
+            if not self._stepped:
+                self.step_skipped = False
+            result = optimizer.step(**kwargs)
+        else:
+            result = self.scaler.step(optimizer, **kwargs)
+            state = self.scaler._per_optimizer_states[id(optimizer)]  # noqa: SLF001 - no public "skipped" API
+            self._record_step(state["found_inf_per_device"])
+            self._stepped = True
         if update:
             self.update_scaler()
         return closure_result if closure is not None else result
@@ -153,6 +211,10 @@ class MixedPrecision(Precision):
             self.skipped_steps = int(state_dict.get("skipped_steps", 0))
 
     def teardown(self) -> None:
+        """Finish an iteration a failed run left half done, so the next run starts from a clean scaler."""
+        if self.scaler is not None:
+            self.update_scaler()
+            self.scaler._per_optimizer_states.clear()  # noqa: SLF001 - forget unscale_() without a step()
         self._unscaled.clear()
         self._stepped = False
 
@@ -164,6 +226,52 @@ class MixedPrecision(Precision):
 
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _check_scaler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown or out-of-range scaler options here, with the option's name, instead of torch's bare
+    ``TypeError``/``AssertionError`` (or a scale that silently never changes)."""
+    unknown = sorted(set(options) - set(SCALER_OPTIONS))
+    if unknown:
+        hint = " (for no loss scaling use precision='bf16-mixed')" if "enabled" in unknown else ""
+        raise ConfigurationError(
+            f"{name}: unknown grad scaler option(s) {unknown}{hint}; valid: {', '.join(SCALER_OPTIONS)}."
+        )
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "init_scale": (lambda v: _is_number(v) and 0 < v < math.inf, "a finite number > 0"),
+        "growth_factor": (lambda v: _is_number(v) and 1 < v < math.inf, "a finite number > 1"),
+        "backoff_factor": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+        "growth_interval": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1"),
+    }
+    for key, value in options.items():
+        valid, expected = checks[key]
+        if not valid(value):
+            raise ConfigurationError(f"{name}: grad scaler option {key}={value!r} must be {expected}.")
+    return options
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_scaler(name: str, scaler: Any, device_type: str) -> None:
+    if not isinstance(scaler, torch.amp.GradScaler):
+        raise ConfigurationError(f"{name}: scaler={scaler!r} must be a torch.amp.GradScaler, True or None.")
+    if not scaler.is_enabled():
+        raise ConfigurationError(
+            f"{name}: the GradScaler passed is disabled (enabled=False, or its device is not available), so it would"
+            " neither scale the loss nor skip inf/NaN steps. Pass an enabled scaler, or scaler=None for no scaling."
+        )
+    scaler_device = getattr(scaler, "_device", device_type)
+    if scaler_device != device_type:
+        raise ConfigurationError(
+            f"{name}: the GradScaler was built for device {scaler_device!r} but this precision autocasts on"
+            f" {device_type!r}. Build it as torch.amp.GradScaler({device_type!r}, ...)."
+        )
+
+
+def _has_gradients(optimizer: Optimizer) -> bool:
+    return any(param.grad is not None for group in optimizer.param_groups for param in group["params"])
 
 
 def _unscales_internally(optimizer: Optimizer) -> bool:
