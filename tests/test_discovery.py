@@ -114,6 +114,10 @@ def test_installed_plugin_trains(site: Path) -> None:
 
 
 def test_without_the_package_the_name_is_unknown() -> None:
-    code = "import prec\ntry:\n    prec.Trainer(precision='fp16-weights')\nexcept prec.UnknownPrecisionError as e:\n    print('unknown')"
+    code = (
+        "import prec\n"
+        "try:\n    prec.Trainer(precision='fp16-weights')\n"
+        "except prec.UnknownPrecisionError:\n    print('unknown')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.strip() == "unknown", result.stderr

@@ -1,4 +1,7 @@
-"""Strategies: how many processes run, and where the model and data live. prec-core ships ``single``.
+"""Strategies: how many processes run, and where the model and data live.
+
+prec-core ships ``single``, ``ddp`` and ``fsdp`` (the last two in :mod:`prec.distributed`, imported only when
+selected).
 
 The Trainer talks to a strategy only through the methods below, so a plugin can add one (DDP, FSDP …) without
 touching the Trainer. Every method has the single-device meaning by default.
@@ -6,6 +9,7 @@ touching the Trainer. Every method has the single-device meaning by default.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +64,7 @@ class Strategy:
     def launch(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(*args)`` on every process this strategy needs (here: in this one) and return rank 0's
         result."""
+        _warn_if_launched(self.name)
         return function(*args)
 
     def setup_environment(self) -> None:
@@ -110,7 +115,13 @@ class Strategy:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        """The full state of the user's module, with the keys one process would have. A sharded strategy
+        gathers here, so every rank must call it."""
         return module.state_dict()
+
+    def load_module_state_dict(self, module: torch.nn.Module, state_dict: dict[str, Any]) -> None:
+        """Load a full state dict (as :meth:`module_state_dict` returns it) into the set-up module."""
+        module.load_state_dict(state_dict, strict=True)
 
     def teardown(self) -> None:
         self.accelerator.teardown()
@@ -119,6 +130,51 @@ class Strategy:
         return f"{type(self).__name__}(accelerator={self.accelerator.name!r}, devices={self.devices})"
 
 
+def _warn_if_launched(name: str) -> None:
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if "RANK" in os.environ and world_size.isdigit() and int(world_size) > 1:
+        from prec._warnings import warn
+        from prec.errors import PrecWarning
+
+        warn(
+            f"this process is rank {os.environ['RANK']} of WORLD_SIZE={world_size} started by a launcher, but"
+            f" strategy={name!r} trains in this process alone, independently of the others. For one job across"
+            " them pass strategy='ddp' (or 'fsdp') with devices=<processes per node>, num_nodes=<nodes>.",
+            PrecWarning,
+        )
+
+
+def _ddp(**kwargs: Any) -> Strategy:
+    from prec.distributed.ddp import DDPStrategy
+
+    return DDPStrategy(**kwargs)
+
+
+def _fsdp(**kwargs: Any) -> Strategy:
+    from prec.distributed.fsdp import FSDPStrategy
+
+    return FSDPStrategy(**kwargs)
+
+
+#: Accelerators torch.distributed serves here (gloo on CPU, nccl on CUDA); XLA has its own runtime.
+DISTRIBUTED_ACCELERATORS = ("cpu", "cuda")
+#: Precisions FSDP maps onto its MixedPrecisionPolicy or onto true-precision shards.
+FSDP_PRECISIONS = ("32-true", "64-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed")
+
+
 @hookimpl
 def prec_register_strategies(register: RegisterStrategy) -> None:
     register("single", Strategy, description="one process on one device")
+    register(
+        "ddp",
+        _ddp,
+        accelerators=DISTRIBUTED_ACCELERATORS,
+        description="DistributedDataParallel: one process per device (torchrun, or started by prec)",
+    )
+    register(
+        "fsdp",
+        _fsdp,
+        accelerators=DISTRIBUTED_ACCELERATORS,
+        precisions=FSDP_PRECISIONS,
+        description="FSDP2 fully_shard: parameters, gradients and optimizer state sharded across processes",
+    )

@@ -1,0 +1,278 @@
+"""``strategy="ddp"``: one process per device, each with a full model copy and its shard of the data.
+
+torch.distributed does the work: gloo on CPU, nccl on CUDA, ``DistributedDataParallel`` all-reduces gradients
+during backward. The job comes from ``torchrun`` (or any launcher that sets the standard variables), or, run as
+a plain script with ``devices=N > 1``, from prec re-running the script N-1 times (see
+:mod:`prec.distributed.environment`).
+
+Precision under DDP: autocast runs per rank. A grad scaler is swapped for torch's ``ShardedGradScaler`` (same
+state, same checkpoint format), whose inf/NaN check is all-reduced: all ranks skip the same steps and keep the
+same scale even when a non-finite gradient appears on one rank only after DDP's all-reduce (a hook, a clip).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from prec.distributed.data import distribute_dataloader
+from prec.distributed.environment import (
+    LocalLauncher,
+    ProcessEnvironment,
+    free_port,
+    launched_by_launcher,
+    launcher_run,
+    read_environment,
+)
+from prec.errors import ConfigurationError
+from prec.strategy import Strategy
+
+if TYPE_CHECKING:
+    from prec.accelerator import Accelerator
+    from prec.precision import Precision
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+class StepForward(torch.nn.Module):
+    """Routes ``forward(name, *args)`` to ``module.<name>(*args)``: the step then runs inside the wrapper's
+    forward, where DDP prepares its gradient reducer and FSDP gathers the root's parameters."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.module, name)(*args, **kwargs)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DDP and :class:`StepForward` wrappers."""
+    while isinstance(module, (DistributedDataParallel, StepForward)):
+        module = module.module
+    return module
+
+
+class DDPStrategy(Strategy):
+    """Distributed data parallel over ``len(devices) * num_nodes`` processes.
+
+    Args:
+        process_group_backend: ``"gloo"`` or ``"nccl"``; by default nccl for CUDA devices, gloo otherwise.
+        timeout: how long a collective waits for the other ranks before failing (a hang becomes an error).
+        ddp_options: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph`` …).
+    """
+
+    name = "ddp"
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        devices: list[int],
+        precision: Precision,
+        num_nodes: int = 1,
+        *,
+        process_group_backend: str | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
+        **ddp_options: Any,
+    ) -> None:
+        super().__init__(accelerator, devices, precision, num_nodes)
+        self.process_group_backend = process_group_backend
+        self.timeout = timeout
+        self.ddp_options = ddp_options
+        self._launcher: LocalLauncher | None = None
+        self._original_scaler: torch.amp.GradScaler | None = None
+        self._trainer: Any = None
+        self._stage: str | None = None
+        self._epochs_started = 0
+        self._env = self._describe_job()
+        self.root_device = accelerator.get_device(devices[self._env.local_rank])
+
+    def _describe_job(self) -> ProcessEnvironment:
+        expected = len(self.devices) * self.num_nodes
+        if launched_by_launcher():
+            env = read_environment()
+            if env.world_size != expected:
+                raise ConfigurationError(
+                    f"the launcher started WORLD_SIZE={env.world_size} processes, but devices={len(self.devices)}"
+                    f" x num_nodes={self.num_nodes} = {expected}. Make them agree (torchrun --nproc_per_node"
+                    " equals devices, --nnodes equals num_nodes)."
+                )
+            if env.local_rank >= len(self.devices):
+                raise ConfigurationError(
+                    f"LOCAL_RANK={env.local_rank} but devices={self.devices} has {len(self.devices)} entries:"
+                    " start one process per device on each node."
+                )
+            return env
+        if self.num_nodes > 1:
+            raise ConfigurationError(
+                f"num_nodes={self.num_nodes} needs a launcher on every node, e.g. `torchrun --nnodes"
+                f" {self.num_nodes} --nproc_per_node {len(self.devices)} --node_rank <0..{self.num_nodes - 1}>"
+                " --master_addr <node 0 address> --master_port 29500 train.py`."
+            )
+        return ProcessEnvironment(0, 0, expected, len(self.devices), 0)
+
+    # -- processes ------------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self._env.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self._env.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._env.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._env.node_rank
+
+    def launch(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Start the local processes if no launcher did (this process is rank 0), then run ``function`` here."""
+        self._trainer = getattr(function, "__self__", None)
+        self._stage = args[0] if args and isinstance(args[0], str) else None
+        if self.world_size > 1 and not launched_by_launcher() and not dist.is_initialized():
+            self._launcher = LocalLauncher(self.world_size)
+            self._launcher.start()
+            self._env = read_environment()
+        with launcher_run():  # in a job this process started: watched, and the others stopped if this run fails
+            return function(*args)
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        if not dist.is_initialized():
+            backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+            # One process that no launcher started (devices=1) still needs a group: a private local store.
+            init_method = "env://" if launched_by_launcher() else f"tcp://127.0.0.1:{free_port()}"
+            rank, world_size = self.global_rank, self.world_size
+            dist.init_process_group(backend, init_method, rank=rank, world_size=world_size, timeout=self.timeout)
+            atexit.register(_destroy_process_group)
+        elif dist.get_world_size() != self.world_size or dist.get_rank() != self.global_rank:
+            raise ConfigurationError(
+                f"a process group of {dist.get_world_size()} processes (this one rank {dist.get_rank()}) already"
+                f" exists, but this Trainer expects {self.world_size} (rank {self.global_rank})."
+            )
+        self._synchronise_scaler()
+
+    def _synchronise_scaler(self) -> None:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        scaler = getattr(self.precision, "scaler", None)
+        if not isinstance(scaler, torch.amp.GradScaler) or isinstance(scaler, ShardedGradScaler):
+            return
+        if not scaler.is_enabled():
+            return
+        synced = ShardedGradScaler(
+            device=scaler._device,  # noqa: SLF001 - GradScaler has no public accessors for its settings
+            init_scale=scaler._init_scale,  # noqa: SLF001
+            growth_factor=scaler._growth_factor,  # noqa: SLF001
+            backoff_factor=scaler._backoff_factor,  # noqa: SLF001
+            growth_interval=scaler._growth_interval,  # noqa: SLF001
+        )
+        synced.load_state_dict(scaler.state_dict())
+        self._original_scaler = scaler
+        self.precision.scaler = synced  # type: ignore[attr-defined]
+
+    def _restore_scaler(self) -> None:
+        original, self._original_scaler = self._original_scaler, None
+        if original is not None:
+            original.load_state_dict(self.precision.scaler.state_dict())  # type: ignore[attr-defined]
+            self.precision.scaler = original  # type: ignore[attr-defined]
+
+    def teardown(self) -> None:
+        """Keep the process group (a later Trainer in this script joins it); it closes at exit."""
+        self._restore_scaler()
+        super().teardown()
+
+    # -- model and data -------------------------------------------------------------------------------------
+    def _check_optimization(self, module: torch.nn.Module) -> None:
+        if self._stage == "fit" and not getattr(module, "automatic_optimization", True):
+            raise ConfigurationError(
+                f"strategy={self.name!r} does not support manual optimization yet: manual_backward runs inside"
+                " training_step, before the distributed wrapper can prepare gradient synchronisation. Use"
+                " automatic optimization under this strategy."
+            )
+
+    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._check_optimization(module)
+        module = module.to(self.root_device)
+        if not any(parameter.requires_grad for parameter in module.parameters()):
+            return module  # nothing to synchronise: evaluation of a frozen model
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        return DistributedDataParallel(StepForward(module), device_ids=device_ids, **self.ddp_options)
+
+    def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
+        if name == "training_step" and isinstance(wrapped, DistributedDataParallel):
+            return functools.partial(wrapped, name)
+        return getattr(module, name)
+
+    def setup_dataloader(self, dataloader: Any) -> Any:
+        if self.world_size == 1:
+            return dataloader
+        return distribute_dataloader(dataloader, self.world_size, self.global_rank, self._current_epoch)
+
+    def _current_epoch(self) -> int:
+        """The sampler's epoch: the Trainer's (right after a resume too), else a count of passes."""
+        trainer_epoch = getattr(self._trainer, "current_epoch", None)
+        if isinstance(trainer_epoch, int):
+            return trainer_epoch
+        self._epochs_started += 1
+        return self._epochs_started - 1
+
+    # -- collectives ----------------------------------------------------------------------------------------
+    def _active(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def barrier(self, name: str | None = None) -> None:
+        if self._active():
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not self._active():
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=src)
+        return holder[0]
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if op not in ("mean", "sum"):
+            raise ConfigurationError(f"reduce op={op!r} is not supported; use 'mean' or 'sum'.")
+        if not self._active():
+            return tensor
+        result = tensor.detach().clone().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        dist.all_reduce(result, op=dist.ReduceOp.SUM)
+        if op == "mean":
+            result = result / dist.get_world_size()
+        return result.to(tensor.dtype)
+
+    def reduce_any(self, flag: bool) -> bool:
+        if not self._active():
+            return flag
+        device = self.root_device if self.root_device.type == "cuda" else torch.device("cpu")
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
+        """The user's module state: the same keys as in a single process (no ``module.`` prefixes)."""
+        return unwrap(module).state_dict()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(accelerator={self.accelerator.name!r}, devices={self.devices},"
+            f" num_nodes={self.num_nodes}, rank={self.global_rank}/{self.world_size})"
+        )
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,206 @@
+"""Where this process sits in a job, and how a plain script becomes N local processes.
+
+prec speaks torch.distributed's own protocol: a launcher (``torchrun``, SLURM with the variables exported, or
+prec itself) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``, and every
+process joins the default process group through ``env://``.
+
+Launched as a plain script with ``devices=N > 1``, prec does what Lightning's subprocess launcher does: the
+calling process becomes rank 0 (so ``fit`` returns in it and its model is the trained one) and it re-runs the
+same command line N-1 times with the variables set. The children run the whole script again, so it must be a
+file or module (not ``python -c`` or a notebook) and must reach the same ``fit`` calls.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+
+from prec.errors import ConfigurationError
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: Seconds rank 0 waits at exit for the processes it started before it stops them.
+CHILD_EXIT_TIMEOUT_S = 300.0
+#: Seconds rank 0 gets to leave a run by itself after a started process failed, before the watchdog stops it.
+FAILURE_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ProcessEnvironment:
+    """This process's place in the job, as the launcher described it."""
+
+    global_rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    node_rank: int
+
+
+def launched_by_launcher() -> bool:
+    """True when a launcher started this process (``RANK`` and ``WORLD_SIZE`` are set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def read_environment() -> ProcessEnvironment:
+    """Read the standard variables; raise :class:`ConfigurationError` naming any that are missing or broken."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigurationError(
+            f"this process was started by a launcher (RANK={os.environ.get('RANK')!r},"
+            f" WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}) but {', '.join(missing)} is not set. torchrun sets all"
+            f" of {', '.join(LAUNCH_VARIABLES)}; a custom launcher must too."
+        )
+    try:
+        world_size = int(os.environ["WORLD_SIZE"])
+        global_rank = int(os.environ["RANK"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", global_rank // local_world_size)))
+    except ValueError as error:
+        raise ConfigurationError(f"a launcher variable is not an integer: {error}") from None
+    return ProcessEnvironment(global_rank, local_rank, world_size, local_world_size, node_rank)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _script_command() -> list[str]:
+    """The command line that re-runs this program, or a ConfigurationError when it cannot be re-run."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    argv0 = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(argv0)
+    if spec is not None and spec.name not in ("__main__",):
+        if spec.name.split(".")[0] in ("pytest", "ipykernel", "IPython"):
+            raise _cannot_rerun(f"python -m {spec.name}")
+        return [sys.executable, "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]]
+    if argv0 in ("", "-c") or not os.path.isfile(argv0) or name.startswith(("pytest", "py.test", "ipython")):
+        raise _cannot_rerun(argv0 or "an interactive session")
+    return [sys.executable, os.path.abspath(argv0), *sys.argv[1:]]
+
+
+def _cannot_rerun(what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"devices > 1 starts the other processes by re-running this program, but it was started as {what!r},"
+        " which cannot be re-run. Put the training code in a script (`python train.py`) or launch it with"
+        " `torchrun --nproc_per_node N train.py`."
+    )
+
+
+class LocalLauncher:
+    """Start ranks 1..N-1 of a one-node job as copies of this command; this process becomes rank 0.
+
+    A watchdog thread stops the job when a started process fails while rank 0 is inside a run: rank 0 would
+    otherwise wait for it in a collective (or in joining the group) until the timeout. After a failure rank 0
+    gets :data:`FAILURE_GRACE_S` to leave the run by itself (it usually fails too, and reports why).
+    """
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._runs = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """Mark rank 0 as inside a run (where it may wait for the others)."""
+        with self._lock:
+            self._runs += 1
+        try:
+            yield
+        except BaseException:
+            self.kill()  # rank 0 failed: the others would wait for it until the timeout
+            raise
+        finally:
+            with self._lock:
+                self._runs -= 1
+
+    def _in_run(self) -> bool:
+        with self._lock:
+            return self._runs > 0
+
+    def _watch(self) -> None:
+        while True:
+            codes = [process.poll() for process in self.processes]
+            failed = [(rank, code) for rank, code in enumerate(codes, start=1) if code not in (None, 0)]
+            if failed and self._in_run():
+                deadline = time.monotonic() + FAILURE_GRACE_S
+                while self._in_run() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if self._in_run():
+                    rank, code = failed[0]
+                    print(
+                        f"prec: rank {rank} exited with status {code} while rank 0 waits for it; stopping the job.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.kill()
+                    os._exit(1)
+            if not failed and all(code is not None for code in codes):
+                return  # every started process finished cleanly
+            time.sleep(0.5)
+
+    def start(self) -> None:
+        command = _script_command()
+        port = str(free_port())
+        shared = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": str(self.world_size),
+            "LOCAL_WORLD_SIZE": str(self.world_size),
+            "NODE_RANK": "0",
+            "GROUP_RANK": "0",
+        }
+        for rank in range(1, self.world_size):
+            env = {**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            self.processes.append(subprocess.Popen(command, env=env))  # noqa: S603 - this program, re-run
+        # Rank 0 joins through the same variables; later Trainers in this process see a launched job and join.
+        os.environ.update({**shared, "RANK": "0", "LOCAL_RANK": "0"})
+        atexit.register(self.wait)
+        global _active
+        _active = self
+        threading.Thread(target=self._watch, name="prec-launcher-watchdog", daemon=True).start()
+
+    def kill(self) -> None:
+        """Stop the started processes (rank 0 failed: they would wait for it until the timeout)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def wait(self, timeout: float = CHILD_EXIT_TIMEOUT_S) -> list[int]:
+        """Wait for the started processes at exit; stop those still running after ``timeout`` seconds."""
+        codes: list[int] = []
+        for rank, process in enumerate(self.processes, start=1):
+            try:
+                codes.append(process.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+                print(f"prec: rank {rank} did not exit {timeout:.0f} s after rank 0 and was stopped.", file=sys.stderr)
+            if codes[-1] != 0:
+                print(f"prec: rank {rank} exited with status {codes[-1]}.", file=sys.stderr)
+        return codes
+
+
+_active: LocalLauncher | None = None
+
+
+def launcher_run() -> AbstractContextManager[None]:
+    """Context for a run in rank 0 of a job this process started (watched), else nothing."""
+    return _active.run() if _active is not None else nullcontext()
