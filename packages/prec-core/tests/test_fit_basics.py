@@ -17,9 +17,9 @@ PARAM_DTYPES["16-true"] = torch.float16
 
 
 def make_loader(n: int = 64, batch_size: int = 16, seed: int = 0) -> DataLoader[Any]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=generator)
-    y = x @ torch.randn(8, 1, generator=generator)
+    weights = torch.randn(8, 1, generator=torch.Generator().manual_seed(1234))  # one target for every loader
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
+    y = x @ weights
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 

@@ -58,7 +58,9 @@ _MEMORY_PROBE = textwrap.dedent(
     import torch, prec
     warnings.simplefilter("ignore")
     trainer = prec.Trainer(accelerator="cpu", precision=sys.argv[1])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import os
+    with open("/proc/self/statm") as statm:  # the current resident size, not the peak so far
+        before = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
     with trainer.init_module():
         model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(16)])  # 67M parameters
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -56,11 +56,23 @@ def test_legacy_16_reaches_the_same_error_after_warning() -> None:
         prec.Trainer(accelerator="cpu", precision=16)
 
 
-def test_missing_pair_names_the_package_that_adds_it() -> None:
-    registry = prec.get_registry()
-    if ("64-true", "cpu") in registry.precisions:
-        pytest.skip("prec-double is installed here, so 64-true on cpu is supported")
-    with pytest.raises(prec.UnsupportedPrecisionError, match="pip install prec-double"):
+def test_missing_pair_names_the_package_that_adds_it(monkeypatch: pytest.MonkeyPatch, fresh_registry: None) -> None:
+    import prec_cpu
+
+    # Only prec-cpu, registered in code: as if prec-double were not installed.
+    monkeypatch.setenv("PREC_DISABLE_PLUGIN_AUTOLOAD", "1")
+    name = prec.register_plugin(prec_cpu, name="cpu-only")
+    try:
+        with pytest.raises(prec.UnsupportedPrecisionError, match="pip install prec-double"):
+            prec.Trainer(accelerator="cpu", precision="64-true")
+    finally:
+        prec.unregister_plugin(name)
+
+
+def test_disabled_provider_is_named(monkeypatch: pytest.MonkeyPatch, fresh_registry: None) -> None:
+    monkeypatch.setenv("PREC_DISABLED_PLUGINS", "prec-double")
+    prec.reset_registry()
+    with pytest.raises(prec.UnsupportedPrecisionError, match="prec-double.*PREC_DISABLED_PLUGINS"):
         prec.Trainer(accelerator="cpu", precision="64-true")
 
 

@@ -28,6 +28,8 @@ from prec.hookspecs import hookimpl
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator, Availability
     from prec.callbacks import Callback
+    from prec.loggers import CSVLogger
+    from prec.model_checkpoint import ModelCheckpoint
     from prec.module import TrainingModule
     from prec.plugins import get_registry, register_plugin, reset_registry, unregister_plugin
     from prec.precision import MixedPrecision, Precision, TruePrecision
@@ -44,8 +46,10 @@ except Exception:  # noqa: BLE001 - running from a source tree without metadata
 _LAZY = {
     "Accelerator": "prec.accelerator",
     "Availability": "prec.accelerator",
+    "CSVLogger": "prec.loggers",
     "Callback": "prec.callbacks",
     "MixedPrecision": "prec.precision",
+    "ModelCheckpoint": "prec.model_checkpoint",
     "Precision": "prec.precision",
     "Strategy": "prec.strategy",
     "Trainer": "prec.trainer",
@@ -87,11 +91,13 @@ __all__ = [
     "Accelerator",
     "AcceleratorUnavailableError",
     "Availability",
+    "CSVLogger",
     "Callback",
     "CheckpointError",
     "ConfigurationError",
     "LegacyPrecisionWarning",
     "MixedPrecision",
+    "ModelCheckpoint",
     "PerformanceWarning",
     "PluginError",
     "PluginWarning",

@@ -6,8 +6,9 @@ bound once per run, and nothing touches ``nn.Module.__setattr__`` or syncs with 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -15,18 +16,26 @@ import torch
 
 from prec._warnings import warn
 from prec.callbacks import Callback
+from prec.checkpoint import capture_rng, load_checkpoint, restore_rng
 from prec.errors import ConfigurationError, PrecWarning
+from prec.loggers import flush_logs, log_results, record_precision_metrics
 from prec.module import TrainingModule
-from prec.optim import parse_optimizers
+from prec.optim import ManualOptimizer, parse_optimizers
+from prec.optim import step_schedulers as _step_schedulers
 from prec.progress import ProgressBar
 
 if TYPE_CHECKING:
     from prec.trainer import Trainer
 
+__all__ = ["ManualOptimizer", "run_evaluation", "run_fit", "run_predict", "setup_model", "teardown_run"]
+
 
 # -- set up and tear down ------------------------------------------------------------------------------------
 def setup_model(trainer: Trainer, model: TrainingModule, stage: str) -> None:
-    """configure_model under the init context, precision conversion, checks, placement, ``setup`` hooks."""
+    """configure_model under the init context, precision conversion, checks, placement, ``setup`` hooks; for
+    validate/test/predict, the weights of ``ckpt_path``."""
+    if trainer.logger is not None:
+        trainer.logger.setup(trainer.default_root_dir, trainer.strategy.is_global_zero)
     with trainer.init_module():
         model.configure_model()
     precision = trainer.precision_plugin
@@ -36,6 +45,8 @@ def setup_model(trainer: Trainer, model: TrainingModule, stage: str) -> None:
     for callback in trainer.callbacks:
         callback.setup(trainer, model, stage)
     model.setup(stage)
+    if stage != "fit" and trainer._ckpt_path is not None:
+        load_checkpoint(trainer, model, trainer._ckpt_path, stage)
 
 
 def teardown_run(trainer: Trainer, model: TrainingModule, stage: str) -> None:
@@ -44,6 +55,7 @@ def teardown_run(trainer: Trainer, model: TrainingModule, stage: str) -> None:
     for step in (
         *(partial(callback.teardown, trainer, model, stage) for callback in trainer.callbacks),
         partial(model.teardown, stage),
+        partial(flush_logs, trainer, stage == "fit"),
         trainer.precision_plugin.teardown,
         trainer.strategy.teardown,
     ):
@@ -52,6 +64,7 @@ def teardown_run(trainer: Trainer, model: TrainingModule, stage: str) -> None:
         except Exception as error:  # noqa: BLE001 - finish tearing down, then report
             errors.append(error)
     trainer.state = "finished"
+    trainer._resume = None  # a checkpoint's loop state applies to the run that loaded it only
     if errors:
         raise errors[0]
 
@@ -102,6 +115,16 @@ def run_fit(
     trainer: Trainer, model: TrainingModule, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
 ) -> None:
     optimizers, schedulers = parse_optimizers(model.configure_optimizers())
+    if not model.automatic_optimization:
+        for name, value, fix in (
+            ("gradient_clip_val", trainer.gradient_clip_val, "call self.clip_gradients(opt, gradient_clip_val=...)"),
+            ("accumulate_grad_batches", trainer.accumulate_grad_batches > 1, "step the optimizer every N batches"),
+        ):
+            if value:
+                raise ConfigurationError(
+                    f"Trainer({name}=...) does not apply to manual optimization ({type(model).__name__}"
+                    f".automatic_optimization is False): {fix} in training_step instead."
+                )
     for optimizer in optimizers:
         trainer.precision_plugin.setup_optimizer(optimizer)
     trainer.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
@@ -109,27 +132,42 @@ def run_fit(
     train_loader = trainer.strategy.setup_dataloader(train_loader)
     if val_loader is not None:
         val_loader = trainer.strategy.setup_dataloader(val_loader)
+    if trainer._ckpt_path is not None:
+        load_checkpoint(trainer, model, trainer._ckpt_path, "fit")
 
     hooks = {name: hook_callers(trainer, model, name) for name in _FIT_HOOKS}
     call(hooks["on_fit_start"])
     call(hooks["on_train_start"])
     loop = _TrainingEpoch(trainer, model, hooks)
+    metrics = trainer._metrics
+    validate = None
+    if val_loader is not None:
+        validate = partial(_evaluate, trainer, model, val_loader, "validate", torch.no_grad)
     try:
         while not _done(trainer):
             model.train()
-            trainer._metrics.training = True
+            metrics.training = True
             call(hooks["on_train_epoch_start"])
-            loop.run(train_loader)
+            loop.run(train_loader, validate)
             if loop.stopped_early:  # max_steps reached mid-epoch: no validation, no epoch hooks
                 break
-            if val_loader is not None and (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
-                _evaluate(trainer, model, val_loader, "validate", torch.no_grad)
+            if validate is not None and (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
+                validate()
                 model.train()
-            trainer._metrics.training = True
+            metrics.training = True
+            results = metrics.end_epoch()  # on_train_epoch_end sees the epoch means
             call(hooks["on_train_epoch_end"])
-            trainer._metrics.end_epoch()
-            _step_schedulers(trainer, "epoch")
+            results.update(metrics.end_epoch())  # and what that hook logged itself
+            if loop.precision_metrics:
+                record_precision_metrics(trainer)
+            log_results(trainer, results)
+            if loop.logger is not None:
+                loop.logger.flush()
+            if not loop.manual:  # manual optimization steps its schedulers itself, as in Lightning
+                _step_schedulers(trainer, "epoch")
             trainer.current_epoch += 1
+            trainer._batches_seen = 0
+            call(hooks["on_train_epoch_completed"])
     finally:
         loop.close()
     call(hooks["on_train_end"])
@@ -138,6 +176,7 @@ def run_fit(
 
 _FIT_HOOKS = (
     "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_train_epoch_completed",
     "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
     "on_before_optimizer_step", "on_before_zero_grad",
 )  # fmt: skip
@@ -151,30 +190,12 @@ def _done(trainer: Trainer) -> bool:
     return trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs
 
 
-def _step_schedulers(trainer: Trainer, interval: str) -> None:
-    precision = trainer.precision_plugin
-    for config in trainer.lr_scheduler_configs:
-        if config.interval != interval:
-            continue
-        # A skipped optimizer step (inf/NaN gradients under a grad scaler) must not advance the schedule.
-        if interval == "step" and precision.step_skipped:
-            continue
-        counter = trainer.global_step if interval == "step" else trainer.current_epoch + 1
-        if counter % config.frequency:
-            continue
-        if config.monitor is not None:
-            metrics = trainer.callback_metrics
-            if config.monitor not in metrics:
-                raise ConfigurationError(
-                    f"the LR scheduler monitors {config.monitor!r}, which was not logged; logged: {sorted(metrics)}."
-                )
-            config.scheduler.step(metrics[config.monitor])
-        else:
-            config.scheduler.step()
-
-
 class _TrainingEpoch:
-    """One pass over the training data with automatic or manual optimization."""
+    """One pass over the training data with automatic or manual optimization.
+
+    Everything optional (clipping, accumulation, in-epoch validation, metric rows) is decided once here, so the
+    per-batch cost of a feature nobody enabled is a falsy check.
+    """
 
     def __init__(self, trainer: Trainer, model: TrainingModule, hooks: dict[str, list[Callable[..., Any]]]) -> None:
         self.trainer = trainer
@@ -185,26 +206,66 @@ class _TrainingEpoch:
         strategy = trainer.strategy
         self.step = strategy.step_function(trainer._wrapped_model, model, "training_step")
         self.to_device = None if strategy.root_device.type == "cpu" else strategy.batch_to_device
-        self.progress = ProgressBar(trainer.enable_progress_bar and strategy.is_global_zero, trainer._metrics)
         self.manual = not model.automatic_optimization
+        self.clip_val = trainer.gradient_clip_val
+        self.clip_algorithm = trainer.gradient_clip_algorithm or "norm"
+        # Reading the loss scale syncs with the device: only at flushes, refreshes and epoch ends.
+        self.precision_metrics = bool(trainer.precision_plugin.metrics())
+        self.logger = trainer.logger if strategy.is_global_zero else None
+        refresh = partial(record_precision_metrics, trainer) if self.precision_metrics else None
+        self.progress = ProgressBar(
+            trainer.enable_progress_bar and strategy.is_global_zero, trainer._metrics, on_refresh=refresh
+        )
 
     def close(self) -> None:
         self.progress.close()
 
-    def run(self, loader: Iterable[Any]) -> None:
+    def start_epoch(self, loader: Iterable[Any]) -> tuple[Iterator[Any], int]:
+        """The epoch's batch iterator and the index of its first batch (after a mid-epoch resume: the batches
+        the checkpoint had seen are fetched again from the same RNG state and dropped)."""
+        trainer = self.trainer
+        resume, trainer._resume = trainer._resume, None
+        if resume is None:
+            trainer._epoch_start_rng = capture_rng()
+            return iter(loader), 0
+        seen, epoch_rng, rng = resume["batches_seen"], resume["epoch_start_rng"], resume["rng"]
+        if seen:
+            if epoch_rng is not None:
+                restore_rng(epoch_rng)
+            trainer._epoch_start_rng = epoch_rng
+            iterator = iter(loader)
+            for _ in itertools.islice(iterator, seen):
+                pass
+            if rng is not None:
+                restore_rng(rng)  # the steps themselves continue from the RNG state at the save
+            return iterator, seen
+        if rng is not None:
+            restore_rng(rng)
+        trainer._epoch_start_rng = capture_rng()
+        return iter(loader), 0
+
+    def run(self, loader: Iterable[Any], validate: Callable[[], Any] | None = None) -> None:
         trainer, model, hooks = self.trainer, self.model, self.hooks
         precision = trainer.precision_plugin
+        metrics = trainer._metrics
         convert_input, forward_context = precision.convert_input, precision.forward_context
         backward = precision.backward
-        to_device, step = self.to_device, self.step
+        to_device, step, manual = self.to_device, self.step, self.manual
         batch_start, batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
         before_backward, after_backward = hooks["on_before_backward"], hooks["on_after_backward"]
-        has_step_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
+        has_step_schedulers = not manual and any(c.interval == "step" for c in trainer.lr_scheduler_configs)
+        accumulate = trainer.accumulate_grad_batches
         total = limit_batches(trainer.limit_train_batches, loader)
-        max_steps = trainer.max_steps
-        self.progress.start_epoch(trainer.current_epoch, total)
+        val_every = _val_interval(trainer.val_check_interval, total) if validate is not None else 0
+        logger = self.logger
+        append_row = logger.rows.append if logger is not None else None
+        flush_every = logger.flush_every_n_steps if logger is not None else 0
+        epoch, max_steps = trainer.current_epoch, trainer.max_steps
+        iterator, first = self.start_epoch(loader)
+        self.progress.start_epoch(epoch, total, first)
         self.stopped_early = False
-        for batch_idx, batch in enumerate(loader):
+        pending_grads = False  # a backward ran since the last optimizer step
+        for batch_idx, batch in enumerate(iterator, first):
             if batch_idx >= total:
                 break
             if to_device is not None:
@@ -214,25 +275,42 @@ class _TrainingEpoch:
                 call(batch_start, batch, batch_idx)
             with forward_context():
                 output = step(batch, batch_idx)
-            if self.manual:
-                precision.update_scaler()
+            boundary = accumulate == 1 or (batch_idx + 1) % accumulate == 0 or batch_idx + 1 >= total
+            if manual:
+                precision.update_scaler()  # once per training_step, after the user's opt.step() calls
+                trainer._manual_stepped.clear()
             else:
                 loss = extract_loss(output)
                 if loss is None:
                     self._warn_none()
                 else:
+                    if accumulate != 1:
+                        loss = loss / accumulate
                     if before_backward:
                         call(before_backward, loss)
                     backward(loss, model)
                     if after_backward:
                         call(after_backward)
+                    pending_grads = True
+                if boundary and pending_grads:
                     self.optimizer_step()
-            trainer.global_step += 1
-            if has_step_schedulers:
-                _step_schedulers(trainer, "step")
+                    pending_grads = False
+            trainer._batches_seen = batch_idx + 1
+            if append_row is not None and metrics.pending:
+                append_row((trainer.global_step, epoch, metrics.take_pending()))
+            if boundary:
+                trainer.global_step += 1
+                if has_step_schedulers:
+                    _step_schedulers(trainer, "step")
+                if flush_every and trainer.global_step % flush_every == 0:
+                    flush_logs(trainer, True)
             if batch_end:
                 call(batch_end, output, batch, batch_idx)
             self.progress.advance()
+            if val_every and (batch_idx + 1) % val_every == 0 and batch_idx + 1 < total:
+                validate()  # type: ignore[misc]
+                model.train()
+                metrics.training = True
             if max_steps != -1 and trainer.global_step >= max_steps:
                 self.stopped_early = batch_idx + 1 < total
                 break
@@ -243,12 +321,15 @@ class _TrainingEpoch:
         trainer = self.trainer
         precision = trainer.precision_plugin
         before_step, before_zero = self.hooks["on_before_optimizer_step"], self.hooks["on_before_zero_grad"]
+        clip_val = self.clip_val
         optimizers = trainer.optimizers
         update = len(optimizers) == 1
         for optimizer in optimizers:
             if before_step:
                 precision.unscale_gradients(optimizer)  # hooks see true gradients, not scaled ones
                 call(before_step, optimizer)
+            if clip_val is not None:
+                precision.clip_gradients(optimizer, clip_val, self.clip_algorithm)  # unscales first
             precision.optimizer_step(optimizer, update=update)
             if before_zero:
                 call(before_zero, optimizer)
@@ -266,6 +347,17 @@ class _TrainingEpoch:
             )
 
 
+def _val_interval(interval: int | float | None, total: float) -> int:
+    """Validate every this many training batches within an epoch (0: only at the epoch's end)."""
+    if interval is None:
+        return 0
+    if isinstance(interval, float):
+        if total == math.inf:
+            raise ConfigurationError("a fractional val_check_interval needs a training dataloader with a length.")
+        return max(1, int(total * interval)) if interval < 1.0 else 0
+    return interval
+
+
 # -- evaluation --------------------------------------------------------------------------------------------
 def run_evaluation(trainer: Trainer, model: TrainingModule, loader: Iterable[Any], stage: str) -> dict[str, float]:
     trainer._metrics.reset()
@@ -275,17 +367,23 @@ def run_evaluation(trainer: Trainer, model: TrainingModule, loader: Iterable[Any
 def _evaluate(
     trainer: Trainer, model: TrainingModule, loader: Iterable[Any], stage: str, grad_mode: Callable[[], Any]
 ) -> dict[str, float]:
+    """Run ``*_step`` over ``loader`` under ``grad_mode`` and the precision's forward context; within ``fit`` the
+    training epoch's logged values are set aside so validation means only its own."""
     prefix = "validation" if stage == "validate" else "test"
     epoch_start = hook_callers(trainer, model, f"on_{prefix}_epoch_start")
     epoch_end = hook_callers(trainer, model, f"on_{prefix}_epoch_end")
+    start = hook_callers(trainer, model, "on_validation_start") if stage == "validate" else []
+    end = hook_callers(trainer, model, "on_validation_end") if stage == "validate" else []
     step = trainer.strategy.step_function(trainer._wrapped_model, model, f"{prefix}_step")
     precision = trainer.precision_plugin
     metrics = trainer._metrics
     was_training = metrics.training
     metrics.training = False
+    saved = metrics.begin_evaluation()
     limit = limit_batches(trainer.limit_val_batches if stage == "validate" else None, loader)
     model.eval()
     try:
+        call(start)
         call(epoch_start)
         with grad_mode():
             for batch_idx, batch in enumerate(loader):
@@ -296,8 +394,11 @@ def _evaluate(
                     step(batch, batch_idx)
         call(epoch_end)
         results = metrics.end_epoch()
+        log_results(trainer, results)
+        call(end)
     finally:
         metrics.training = was_training
+        metrics.end_evaluation(saved)
     return {name: float(value) for name, value in results.items()}
 
 
@@ -312,22 +413,3 @@ def run_predict(trainer: Trainer, model: TrainingModule, loader: Iterable[Any]) 
             with precision.forward_context():
                 outputs.append(precision.convert_output(step(batch, batch_idx)))
     return outputs
-
-
-# -- manual optimization -----------------------------------------------------------------------------------
-class ManualOptimizer:
-    """Wraps an optimizer for manual optimization: ``step()`` goes through the precision (grad scaler)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
-        self.optimizer = optimizer
-        self._trainer = trainer
-
-    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        precision = self._trainer.precision_plugin
-        return precision.optimizer_step(self.optimizer, closure, update=False, **kwargs)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.optimizer, name)

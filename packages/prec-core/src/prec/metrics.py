@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 
+_Value = Tensor | float
+
 
 class MetricStore:
-    """Latest step values and per-epoch lists, keyed by name; values stay tensors until someone reads them."""
+    """Latest step values and per-epoch lists, keyed by name; values stay tensors until someone reads them.
+
+    ``pending`` holds what was logged with ``logger=True`` since the loop last took it: the loop hands it to the
+    metrics file as one row per step (the dict is handed over whole, never copied value by value).
+    """
 
     def __init__(self) -> None:
         self.training = True
-        self.step_values: dict[str, Tensor | float] = {}
-        self.epoch_values: dict[str, list[Tensor | float]] = {}
+        self.step_values: dict[str, _Value] = {}
+        self.epoch_values: dict[str, list[_Value]] = {}
         self.epoch_results: dict[str, Tensor] = {}
         self.prog_bar: set[str] = set()
-        self.logged: set[str] = set()
-        self.dirty = False
-        self.listeners: list[Callable[[dict[str, float]], None]] = []
+        self.pending: dict[str, _Value] = {}
 
     def log(
         self,
@@ -31,7 +32,7 @@ class MetricStore:
         on_epoch: bool | None,
         logger: bool,
     ) -> None:
-        if type(value) is Tensor or isinstance(value, Tensor):
+        if isinstance(value, Tensor):
             if value.numel() != 1:
                 raise ValueError(f"self.log({name!r}, ...) needs a scalar; got a tensor of shape {tuple(value.shape)}.")
             value = value.detach()
@@ -42,7 +43,8 @@ class MetricStore:
         training = self.training
         if on_step if on_step is not None else training:
             self.step_values[name] = value
-            self.dirty = True
+            if logger:
+                self.pending[name] = value
         if on_epoch if on_epoch is not None else not training:
             values = self.epoch_values.get(name)
             if values is None:
@@ -51,8 +53,19 @@ class MetricStore:
                 values.append(value)
         if prog_bar:
             self.prog_bar.add(name)
-        if logger:
-            self.logged.add(name)
+
+    def take_pending(self) -> dict[str, _Value]:
+        """The values logged since the last call (for one metrics-file row), and start a new row."""
+        pending = self.pending
+        self.pending = {}
+        return pending
+
+    def record(self, values: dict[str, float], prog_bar: bool = False) -> None:
+        """Log numbers the Trainer itself produces (the precision's loss scale and skipped steps)."""
+        self.step_values.update(values)
+        self.pending.update(values)
+        if prog_bar:
+            self.prog_bar.update(values)
 
     def end_epoch(self) -> dict[str, Tensor]:
         """Average the epoch values (mean over the steps that logged them) and start a new epoch."""
@@ -60,6 +73,15 @@ class MetricStore:
         self.epoch_results.update(results)
         self.epoch_values = {}
         return results
+
+    def begin_evaluation(self) -> dict[str, list[_Value]]:
+        """Set the training epoch's values aside, so a validation run averages only its own."""
+        saved = self.epoch_values
+        self.epoch_values = {}
+        return saved
+
+    def end_evaluation(self, saved: dict[str, list[_Value]]) -> None:
+        self.epoch_values = saved
 
     def callback_metrics(self) -> dict[str, Tensor]:
         metrics = {name: _as_tensor(value) for name, value in self.step_values.items()}
@@ -74,17 +96,13 @@ class MetricStore:
         self.__init__()  # type: ignore[misc]
 
 
-def _as_tensor(value: Tensor | float) -> Tensor:
+def _as_tensor(value: _Value) -> Tensor:
     return value.float().cpu() if isinstance(value, Tensor) else torch.tensor(value)
 
 
-def _as_float(value: Tensor | float) -> float:
+def _as_float(value: _Value) -> float:
     return float(value.item()) if isinstance(value, Tensor) else float(value)
 
 
-def _mean(values: list[Tensor | float]) -> Tensor:
+def _mean(values: list[_Value]) -> Tensor:
     return torch.stack([_as_tensor(value).reshape(()) for value in values]).mean()
-
-
-def _as_dict(metrics: dict[str, Any]) -> dict[str, float]:
-    return {name: _as_float(value) for name, value in metrics.items()}

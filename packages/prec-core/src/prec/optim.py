@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from prec.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from prec.trainer import Trainer
 
 
 @dataclass
@@ -95,3 +98,52 @@ def _bad(config: Any) -> ConfigurationError:
         f"configure_optimizers() returned {type(config).__name__}; return an optimizer, a list of optimizers,"
         " or {'optimizer': ..., 'lr_scheduler': ...}."
     )
+
+
+def step_schedulers(trainer: Trainer, interval: str) -> None:
+    """Step the schedulers of ``interval`` whose frequency is due (not after a skipped optimizer step)."""
+    precision = trainer.precision_plugin
+    for config in trainer.lr_scheduler_configs:
+        if config.interval != interval:
+            continue
+        # A skipped optimizer step (inf/NaN gradients under a grad scaler) must not advance the schedule.
+        if interval == "step" and precision.step_skipped:
+            continue
+        counter = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+        if counter % config.frequency:
+            continue
+        if config.monitor is not None:
+            metrics = trainer.callback_metrics
+            if config.monitor not in metrics:
+                raise ConfigurationError(
+                    f"the LR scheduler monitors {config.monitor!r}, which was not logged; logged: {sorted(metrics)}."
+                )
+            config.scheduler.step(metrics[config.monitor])
+        else:
+            config.scheduler.step()
+
+
+class ManualOptimizer:
+    """Wraps an optimizer for manual optimization: ``step()`` goes through the precision (grad scaler)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
+        self.optimizer = optimizer
+        self._trainer = trainer
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """One grad-scaler step per call; the scale is updated once after ``training_step`` (or before a second
+        step of the same optimizer within it, which the scaler cannot take without an update)."""
+        trainer = self._trainer
+        precision = trainer.precision_plugin
+        stepped = trainer._manual_stepped
+        if id(self.optimizer) in stepped:
+            precision.update_scaler()
+            stepped.clear()
+        stepped.add(id(self.optimizer))
+        return precision.optimizer_step(self.optimizer, closure, update=False, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)

@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
 from prec.errors import ConfigurationError
+from prec.loggers import CSVLogger
 from prec.metrics import MetricStore
 from prec.module import TrainingModule
 from prec.names import AUTO
@@ -36,6 +37,13 @@ class Trainer:
             set, 1000 epochs).
         limit_train_batches, limit_val_batches: an int (batches) or a float (fraction) per epoch.
         check_val_every_n_epoch: run validation every N training epochs.
+        val_check_interval: also validate within an epoch: an int every N training batches, a float every
+            that fraction of the epoch (``None``: at the end of the epoch only).
+        gradient_clip_val, gradient_clip_algorithm: clip gradients before each optimizer step (``"norm"``,
+            the default, or ``"value"``), on unscaled gradients under a grad scaler; ``0``/``None``: no clipping.
+        accumulate_grad_batches: step the optimizers every N batches; each batch's loss is divided by N.
+        logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, or a
+            logger instance.
         precision_options: keyword options for the precision's factory (``init_scale`` …).
     """
 
@@ -53,6 +61,11 @@ class Trainer:
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
         check_val_every_n_epoch: int = 1,
+        val_check_interval: int | float | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+        accumulate_grad_batches: int = 1,
+        logger: CSVLogger | bool | None = True,
         callbacks: Callback | Iterable[Callback] | None = None,
         enable_progress_bar: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
@@ -87,6 +100,22 @@ class Trainer:
         self.limit_train_batches = _check_limit("limit_train_batches", limit_train_batches)
         self.limit_val_batches = _check_limit("limit_val_batches", limit_val_batches)
         self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.val_check_interval = _check_limit("val_check_interval", val_check_interval)
+        if self.val_check_interval == 0:
+            raise ConfigurationError("val_check_interval=0 would never validate; pass None for end-of-epoch only.")
+        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
+            gradient_clip_val, gradient_clip_algorithm
+        )
+        if not isinstance(accumulate_grad_batches, int) or isinstance(accumulate_grad_batches, bool):
+            raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches!r} must be an int >= 1.")
+        if accumulate_grad_batches < 1:
+            raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches} must be >= 1.")
+        self.accumulate_grad_batches = accumulate_grad_batches
+        if logger is True:
+            logger = CSVLogger()
+        elif logger is not None and logger is not False and not isinstance(logger, CSVLogger):
+            raise ConfigurationError(f"logger={logger!r} must be True, False, None or a prec.CSVLogger.")
+        self.logger: CSVLogger | None = logger or None
         if isinstance(callbacks, Callback):
             callbacks = [callbacks]
         self.callbacks: list[Callback] = list(callbacks or [])
@@ -104,6 +133,11 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[Any] = []
         self._metrics = MetricStore()
+        self._batches_seen = 0  # batches of the current epoch already trained on (for checkpoints)
+        self._epoch_start_rng: dict[str, Any] | None = None  # RNG state when the epoch's loader was created
+        self._resume: dict[str, Any] | None = None  # loop state read from a checkpoint, used by the next epoch
+        self._ckpt_path: str | os.PathLike[str] | None = None
+        self._manual_stepped: set[int] = set()  # optimizers stepped in this manual training_step
 
     # -- selection ------------------------------------------------------------------------------------------
     def _select_precision(self, precision: Any, plugins: Any, options: dict[str, Any]) -> Precision:
@@ -206,28 +240,52 @@ class Trainer:
         model: TrainingModule,
         train_dataloaders: Iterable[Any] | None = None,
         val_dataloaders: Iterable[Any] | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Train ``model`` on ``train_dataloaders``; validate on ``val_dataloaders`` after each epoch."""
+        """Train ``model`` on ``train_dataloaders``; validate on ``val_dataloaders`` after each epoch.
+
+        ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint`: model, optimizers,
+        schedulers, the precision's state (grad scaler), loop counters and RNG (see :mod:`prec.checkpoint`)."""
         if train_dataloaders is None:
             raise ConfigurationError("fit() needs train_dataloaders.")
-        self._launch("fit", model, train_dataloaders, val_dataloaders)
+        self._launch("fit", model, train_dataloaders, val_dataloaders, ckpt_path=ckpt_path)
 
-    def validate(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
-        """Run ``validation_step`` over ``dataloaders``; return the epoch metrics."""
-        return self._launch("validate", model, dataloaders)
+    def validate(
+        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
+    ) -> dict[str, float]:
+        """Run ``validation_step`` over ``dataloaders``; return the epoch metrics. ``ckpt_path`` loads weights."""
+        return self._launch("validate", model, dataloaders, ckpt_path=ckpt_path)
 
-    def test(self, model: TrainingModule, dataloaders: Iterable[Any]) -> dict[str, float]:
-        """Run ``test_step`` over ``dataloaders``; return the epoch metrics."""
-        return self._launch("test", model, dataloaders)
+    def test(
+        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
+    ) -> dict[str, float]:
+        """Run ``test_step`` over ``dataloaders``; return the epoch metrics. ``ckpt_path`` loads weights."""
+        return self._launch("test", model, dataloaders, ckpt_path=ckpt_path)
 
-    def predict(self, model: TrainingModule, dataloaders: Iterable[Any]) -> list[Any]:
+    def predict(
+        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
+    ) -> list[Any]:
         """Run ``predict_step`` over ``dataloaders``; return the outputs, passed through the precision's
-        ``convert_output`` (float32 for 16-bit precisions)."""
-        return self._launch("predict", model, dataloaders)
+        ``convert_output`` (float32 for 16-bit precisions). ``ckpt_path`` loads weights."""
+        return self._launch("predict", model, dataloaders, ckpt_path=ckpt_path)
 
-    def _launch(self, stage: str, model: TrainingModule, *loaders: Any) -> Any:
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Write a checkpoint of the current run to ``path`` atomically (global rank zero writes; every process
+        must call it). Call it at an optimizer-step boundary: gradients being accumulated are not saved."""
+        from prec.checkpoint import atomic_save, build_checkpoint
+
+        if self.model is None:
+            raise ConfigurationError("save_checkpoint() needs a model: call it during or after fit().")
+        checkpoint = build_checkpoint(self, self.model)
+        self.strategy.barrier("save_checkpoint")
+        if self.strategy.is_global_zero:
+            atomic_save(checkpoint, path)
+        self.strategy.barrier("save_checkpoint")
+
+    def _launch(self, stage: str, model: TrainingModule, *loaders: Any, ckpt_path: Any = None) -> Any:
         if not isinstance(model, TrainingModule):
             raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
+        self._ckpt_path = ckpt_path
         # The strategy decides how many processes run the stage (a bound method, so it can be pickled).
         return self.strategy.launch(self._run_stage, stage, model, *loaders)
 
@@ -255,7 +313,7 @@ class Trainer:
 
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def _manual_optimizers(self) -> list[Any]:
-        from prec.loops import ManualOptimizer
+        from prec.optim import ManualOptimizer
 
         wrappers = self.__dict__.get("_manual_wrappers")
         if wrappers is None or [w.optimizer for w in wrappers] != self.optimizers:
@@ -269,7 +327,19 @@ class Trainer:
         self, optimizer: Any, gradient_clip_val: float | None, gradient_clip_algorithm: str | None
     ) -> torch.Tensor | None:
         optimizer = getattr(optimizer, "optimizer", optimizer)
-        return self.precision_plugin.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+        for name, own, given in (
+            ("gradient_clip_val", self.gradient_clip_val, gradient_clip_val),
+            ("gradient_clip_algorithm", self.gradient_clip_algorithm, gradient_clip_algorithm),
+        ):
+            if own is not None and given is not None:
+                raise ConfigurationError(
+                    f"Trainer({name}={own!r}) and clip_gradients({name}={given!r}) both set it; set it in one place."
+                )
+        value, algorithm = _check_clipping(
+            gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val,
+            gradient_clip_algorithm or self.gradient_clip_algorithm,
+        )
+        return self.precision_plugin.clip_gradients(optimizer, value, algorithm or "norm")
 
 
 class _SkipInit(TorchFunctionMode):
@@ -280,6 +350,15 @@ class _SkipInit(TorchFunctionMode):
         if getattr(func, "__module__", None) == "torch.nn.init":
             return kwargs.get("tensor", args[0] if args else None)
         return func(*args, **kwargs)
+
+
+def _check_clipping(value: Any, algorithm: Any) -> tuple[float | None, str | None]:
+    """``0`` means no clipping, like ``None``; a bad value or algorithm is a ConfigurationError now, not later."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        raise ConfigurationError(f"gradient_clip_val={value!r} must be a number >= 0 (0 or None: no clipping).")
+    if algorithm is not None and algorithm not in ("norm", "value"):
+        raise ConfigurationError(f"gradient_clip_algorithm={algorithm!r} must be 'norm' or 'value'.")
+    return (float(value) if value else None), algorithm
 
 
 def _check_limit(name: str, value: int | float | None) -> int | float | None:

@@ -1,0 +1,252 @@
+"""Checkpoints: what a run needs to resume exactly, written atomically, read with clear errors.
+
+A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``)::
+
+    state_dict          the model's state (``strategy.module_state_dict``)
+    optimizer_states    one ``state_dict()`` per optimizer, in ``configure_optimizers`` order
+    lr_schedulers       one ``state_dict()`` per scheduler
+    precision           {"name", "param_dtype", "parameter_dtypes": {tensor name: dtype}}  (metadata)
+    precision_state     ``precision.state_dict()`` (the grad scaler under 16-mixed)
+    loops               epoch, global_step, batches_seen in the epoch, RNG state at the epoch's start
+    rng                 torch, Python and NumPy RNG states at save time
+    callbacks           ``callback.state_dict()`` by ``state_key``
+
+Resume is exact for an unshuffled loader and for a shuffled ``DataLoader`` that draws from torch's global RNG:
+mid-epoch, the loader is re-created from the RNG state of the epoch's start and the batches already seen are
+fetched and dropped, so the rest of the epoch arrives in the same order. A loader with its own ``generator``
+resumes in order only at an epoch boundary. The RNG state saved is global rank zero's: under a multi-process
+strategy the other ranks resume from it too, so there resume is exact for weights and data order, not for each
+rank's own random draws (dropout). Save at an optimizer-step boundary (``on_train_batch_end``,
+``on_train_epoch_completed``): gradients being accumulated are not saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prec._warnings import warn
+from prec.errors import CheckpointError, PrecWarning
+
+if TYPE_CHECKING:
+    from prec.module import TrainingModule
+    from prec.trainer import Trainer
+
+CHECKPOINT_VERSION = 1
+_LISTED = 8  # how many mismatched names an error message shows
+
+
+# -- RNG ---------------------------------------------------------------------------------------------------
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states a training run draws from (torch CPU and, once initialised, CUDA; Python; NumPy)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        kind, keys, position, has_gauss, cached = numpy.random.get_state()
+        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached)
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and "numpy" in state:
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        numpy.random.set_state((kind, keys.numpy().astype("uint32"), position, has_gauss, cached))
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: a process killed
+    mid-write leaves the previous file intact (and at worst a stray ``.*.tmp`` file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
+    """Collect the checkpoint dict (on every process: a sharded strategy gathers the state here)."""
+    state = trainer.strategy.module_state_dict(model)
+    precision = trainer.precision_plugin
+    checkpoint: dict[str, Any] = {
+        "prec_checkpoint_version": CHECKPOINT_VERSION,
+        "precision": {
+            "name": precision.name,
+            "param_dtype": str(precision.param_dtype),
+            "parameter_dtypes": {k: str(v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)},
+        },
+        "state_dict": state,
+        "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers],
+        "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
+        "precision_state": precision.state_dict(),
+        "loops": {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "batches_seen": trainer._batches_seen,
+            "epoch_start_rng": trainer._epoch_start_rng,
+        },
+        "rng": capture_rng(),
+        "callbacks": {callback.state_key: callback.state_dict() for callback in trainer.callbacks},
+    }
+    for callback in trainer.callbacks:
+        callback.on_save_checkpoint(trainer, model, checkpoint)
+    model.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU; any unreadable file becomes a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}.")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is corrupt, truncated or not"
+            f" a torch checkpoint. torch said: {type(error).__name__}: {reason}"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        keys = sorted(checkpoint)[:_LISTED] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a prec checkpoint: expected a dict with 'state_dict', got {keys}.")
+    return checkpoint
+
+
+def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.PathLike[str], stage: str) -> None:
+    """Restore ``path`` into a set-up run: the model always; optimizers, schedulers, the precision's state,
+    loop counters, RNG and callbacks for ``fit``."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    saved_precision = checkpoint.get("precision", {}).get("name", "unknown")
+    _load_model_state(trainer, model, checkpoint["state_dict"], path, saved_precision)
+    if stage == "fit":
+        _load_optimizers(trainer, checkpoint, path)
+        _load_precision_state(trainer, checkpoint.get("precision_state", {}), path, saved_precision)
+        loops = checkpoint.get("loops", {})
+        trainer.current_epoch = int(loops.get("epoch", 0))
+        trainer.global_step = int(loops.get("global_step", 0))
+        trainer._resume = {
+            "batches_seen": int(loops.get("batches_seen", 0)),
+            "epoch_start_rng": loops.get("epoch_start_rng"),
+            "rng": checkpoint.get("rng"),
+        }
+        states = checkpoint.get("callbacks", {})
+        for callback in trainer.callbacks:
+            if callback.state_key in states:
+                callback.load_state_dict(states[callback.state_key])
+    for callback in trainer.callbacks:
+        callback.on_load_checkpoint(trainer, model, checkpoint)
+    model.on_load_checkpoint(checkpoint)
+
+
+def _load_model_state(
+    trainer: Trainer, model: TrainingModule, saved: dict[str, Any], path: Path, saved_precision: str
+) -> None:
+    current = trainer.strategy.module_state_dict(model)
+    missing = [key for key in current if key not in saved]
+    unexpected = [key for key in saved if key not in current]
+    shapes = [
+        f"{key} (checkpoint {tuple(saved[key].shape)}, model {tuple(current[key].shape)})"
+        for key in current
+        if key in saved and isinstance(saved[key], torch.Tensor) and saved[key].shape != current[key].shape
+    ]
+    if missing or unexpected or shapes:
+        problems = [
+            f"{label}: {', '.join(names[:_LISTED])}{' …' if len(names) > _LISTED else ''}"
+            for label, names in (
+                (f"{len(missing)} missing keys", missing),
+                (f"{len(unexpected)} unexpected keys", unexpected),
+                (f"{len(shapes)} shape mismatches", shapes),
+            )
+            if names
+        ]
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}; " + "; ".join(problems) + ".")
+    casts: Counter[tuple[torch.dtype, torch.dtype]] = Counter()
+    state = dict(saved)
+    for key, value in saved.items():
+        target = current[key]
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != target.dtype:
+            casts[(value.dtype, target.dtype)] += 1
+            state[key] = value.to(target.dtype)
+    for (source, target), count in sorted(casts.items(), key=str):
+        warn(
+            f"checkpoint {path.name} was saved under precision {saved_precision!r}: casting {count} tensors from"
+            f" {source} to {target} for {trainer.precision_plugin.name!r}.",
+            PrecWarning,
+        )
+    trainer.strategy.load_module_state_dict(model, state)
+
+
+def _load_optimizers(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    for kind, saved, targets in (
+        ("optimizer", checkpoint.get("optimizer_states", []), trainer.optimizers),
+        ("LR scheduler", checkpoint.get("lr_schedulers", []), [c.scheduler for c in trainer.lr_scheduler_configs]),
+    ):
+        if len(saved) != len(targets):
+            raise CheckpointError(
+                f"checkpoint {path} holds {len(saved)} {kind} states, but configure_optimizers() returned"
+                f" {len(targets)} {kind}s."
+            )
+        for index, (state, target) in enumerate(zip(saved, targets, strict=True)):
+            try:
+                target.load_state_dict(state)
+            except (ValueError, KeyError, RuntimeError) as error:
+                raise CheckpointError(
+                    f"checkpoint {path}: {kind} {index} ({type(target).__name__}) does not fit the saved state: {error}"
+                ) from error
+
+
+def _load_precision_state(trainer: Trainer, saved: dict[str, Any], path: Path, saved_precision: str) -> None:
+    precision = trainer.precision_plugin
+    has_scaler = "scaler" in precision.state_dict()
+    if "scaler" in saved and not has_scaler:
+        scale = saved["scaler"].get("scale")
+        warn(
+            f"checkpoint {path.name} holds grad scaler state from {saved_precision!r} (loss scale {scale}), but"
+            f" {precision.name!r} has no grad scaler: the scaler state is dropped.",
+            PrecWarning,
+        )
+        saved = {key: value for key, value in saved.items() if key not in ("scaler", "skipped_steps")}
+    elif has_scaler and "scaler" not in saved:
+        warn(
+            f"checkpoint {path.name} from {saved_precision!r} has no grad scaler state: {precision.name!r} starts"
+            " a fresh grad scaler.",
+            PrecWarning,
+        )
+        return
+    precision.load_state_dict(saved)
