@@ -210,3 +210,29 @@ def test_fit_needs_a_training_module_and_data() -> None:
         trainer.fit(torch.nn.Linear(1, 1), make_loader())  # type: ignore[arg-type]
     with pytest.raises(prec.ConfigurationError, match="train_dataloaders"):
         trainer.fit(Regressor())
+
+
+def test_batches_that_return_none_are_not_optimizer_steps() -> None:
+    class NoneOnOdd(Regressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+            loss = super().training_step(batch, batch_idx)
+            return None if batch_idx % 2 else loss
+
+    trainer = prec.Trainer(accelerator="cpu", max_epochs=1, enable_progress_bar=False, logger=False)
+    with pytest.warns(prec.PrecWarning, match="returned None"):
+        trainer.fit(NoneOnOdd(), make_loader())  # 4 batches, 2 of them return None
+    assert trainer.global_step == 2
+
+
+def test_float64_metrics_keep_their_digits() -> None:
+    class Logs64(Regressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.log("precise", torch.tensor(1.0 + 1e-12, dtype=torch.float64))
+            self.log("half", torch.tensor(0.5, dtype=torch.bfloat16))
+            return super().training_step(batch, batch_idx)
+
+    trainer = prec.Trainer(accelerator="cpu", max_steps=1, enable_progress_bar=False, logger=False)
+    trainer.fit(Logs64(), make_loader())
+    assert trainer.callback_metrics["precise"].dtype == torch.float64
+    assert trainer.callback_metrics["precise"].item() == 1.0 + 1e-12
+    assert trainer.callback_metrics["half"].dtype == torch.float32

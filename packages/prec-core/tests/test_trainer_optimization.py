@@ -278,10 +278,12 @@ def test_training_step_returning_none_skips_the_step_and_warns_once() -> None:
             return None if batch_idx % 2 else super().training_step(batch, batch_idx)
 
     model = Skipping()
+    fit = trainer(max_steps=6, plugins=[scaler_precision()])
     with pytest.warns(prec.PrecWarning, match="returned None") as record:
-        trainer(max_steps=6, plugins=[scaler_precision()]).fit(model, make_loader())
+        fit.fit(model, make_loader())
     assert len([w for w in record if "returned None" in str(w.message)]) == 1
-    assert model.backwards == 3 and model.steps == 3
+    # max_steps counts optimizer steps: the batches that returned None are not steps.
+    assert model.backwards == 4 and model.steps == 4 and fit.global_step == 4  # 8 batches, 4 return None
 
 
 # -- teardown --------------------------------------------------------------------------------------------------

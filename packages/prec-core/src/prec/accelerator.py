@@ -40,6 +40,8 @@ class Accelerator:
     device_type: ClassVar[str] = ""
     #: Install hint shown when the accelerator is missing or unavailable.
     install_hint: ClassVar[str] = ""
+    #: The strategy ``strategy="auto"`` picks for one process on this accelerator.
+    single_device_strategy: ClassVar[str] = "single"
 
     def availability(self) -> Availability:
         """Whether this accelerator can run here; the reason when not. Must not initialise the device."""

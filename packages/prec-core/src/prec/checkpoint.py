@@ -107,7 +107,7 @@ def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
             "parameter_dtypes": {k: str(v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)},
         },
         "state_dict": state,
-        "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers],
+        "optimizer_states": [trainer.strategy.optimizer_state_dict(optimizer) for optimizer in trainer.optimizers],
         "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         "precision_state": precision.state_dict(),
         "loops": {

@@ -276,6 +276,7 @@ class _TrainingEpoch:
             with forward_context():
                 output = step(batch, batch_idx)
             boundary = accumulate == 1 or (batch_idx + 1) % accumulate == 0 or batch_idx + 1 >= total
+            stepped = manual  # manual optimization: each training_step is one step of the loop
             if manual:
                 precision.update_scaler()  # once per training_step, after the user's opt.step() calls
                 trainer._manual_stepped.clear()
@@ -295,10 +296,13 @@ class _TrainingEpoch:
                 if boundary and pending_grads:
                     self.optimizer_step()
                     pending_grads = False
+                    stepped = True
             trainer._batches_seen = batch_idx + 1
             if append_row is not None and metrics.pending:
                 append_row((trainer.global_step, epoch, metrics.take_pending()))
-            if boundary:
+            # global_step counts optimizer steps: a window whose training_steps all returned None is no step,
+            # and must not consult a stale "skipped" flag for the LR schedulers.
+            if boundary and stepped:
                 trainer.global_step += 1
                 if has_step_schedulers:
                     _step_schedulers(trainer, "step")

@@ -97,7 +97,12 @@ class MetricStore:
 
 
 def _as_tensor(value: _Value) -> Tensor:
-    return value.float().cpu() if isinstance(value, Tensor) else torch.tensor(value)
+    """A CPU tensor; 16-bit values widen to float32, float64 (64-true) keeps its digits."""
+    if not isinstance(value, Tensor):
+        return torch.tensor(value, dtype=torch.float32)
+    if value.dtype in (torch.float16, torch.bfloat16) or not value.is_floating_point():
+        value = value.float()
+    return value.cpu()
 
 
 def _as_float(value: _Value) -> float:

@@ -119,6 +119,11 @@ class Strategy:
         gathers here, so every rank must call it."""
         return module.state_dict()
 
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's state as a checkpoint stores it (device strategies return CPU tensors here, so a
+        checkpoint loads without their runtime)."""
+        return optimizer.state_dict()
+
     def load_module_state_dict(self, module: torch.nn.Module, state_dict: dict[str, Any]) -> None:
         """Load a full state dict (as :meth:`module_state_dict` returns it) into the set-up module."""
         module.load_state_dict(state_dict, strict=True)

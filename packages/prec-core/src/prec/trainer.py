@@ -179,7 +179,7 @@ class Trainer:
         processes = len(self.devices) * num_nodes
         name = strategy
         if strategy == "auto":
-            name = "single" if processes == 1 else "ddp"
+            name = self.accelerator.single_device_strategy if processes == 1 else "ddp"
         elif strategy == "single" and processes > 1:
             raise ConfigurationError(
                 f"strategy='single' runs one process, but devices={self.devices} and num_nodes={num_nodes} ask for"

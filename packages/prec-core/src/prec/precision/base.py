@@ -66,12 +66,15 @@ class Precision:
         param_dtype: the dtype floating-point parameters have after :meth:`convert_module`.
         compute_dtype: the dtype most math runs in inside :meth:`forward_context`.
         device_type: the torch device type this instance was built for, or ``None`` if any device works.
+        output_dtype: the dtype of floating outputs after :meth:`convert_output` (``None``: left as computed).
     """
 
     name: str = "32-true"
     param_dtype: torch.dtype = torch.float32
     compute_dtype: torch.dtype = torch.float32
     device_type: str | None = None
+    #: The dtype :meth:`convert_output` gives floating outputs (``None``: they stay in the compute dtype).
+    output_dtype: torch.dtype | None = torch.float32
 
     #: Whether the last :meth:`optimizer_step` was skipped (a grad scaler found inf/NaN gradients).
     step_skipped: bool = False
