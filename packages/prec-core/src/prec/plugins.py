@@ -1,26 +1,32 @@
-"""Plugin discovery: entry points of group ``prec``, loaded once per process, each plugin isolated.
+"""Plugin discovery: entry points of group ``prec``, scanned once per process, each plugin isolated.
 
-A plugin that fails to import, fails pluggy's validation, implements an unknown hook or raises inside a hook is
-recorded with status ``error`` (and a :class:`~prec.errors.PluginWarning`); everything it registered is discarded
-and every other plugin keeps working. ``PREC_STRICT_PLUGINS=1`` turns those errors into :class:`PluginError`.
+A plugin that fails to import, fails pluggy's validation, implements an unknown hook, raises inside a hook or
+calls ``register`` wrongly is recorded with status ``error`` (and a :class:`~prec.errors.PluginWarning`);
+everything it registered is discarded and every other plugin keeps working. ``PREC_STRICT_PLUGINS=1`` turns those
+errors, conflicts and unknown names in the variables below into :class:`PluginError`.
 
 Environment variables (read when the registry is built):
 
 ``PREC_DISABLE_PLUGIN_AUTOLOAD=1``  load no entry points; only plugins passed to :func:`register_plugin`.
 ``PREC_LOAD_PLUGINS=a,b``           load only these entry points (by plugin or distribution name).
 ``PREC_DISABLED_PLUGINS=a,b``       skip these entry points (by plugin or distribution name).
-``PREC_TRACE_PLUGINS=1``            trace every hook call and registration to stderr.
+``PREC_TRACE_PLUGINS=1``            trace every plugin load, hook call and registration to stderr, with timings.
 ``PREC_STRICT_PLUGINS=1``           raise on the first plugin error instead of warning.
+
+Two distributions that publish the same entry-point name both load, as ``"<distribution>:<name>"``.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import threading
+import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import Distribution, EntryPoint, distributions
 from typing import Any
 
 import pluggy
@@ -28,19 +34,33 @@ import pluggy
 from prec import hookspecs
 from prec._warnings import warn
 from prec.errors import PluginError, PluginWarning
-from prec.registry import AcceleratorEntry, Origin, PrecisionEntry, Registry, StrategyEntry
+from prec.registry import (
+    ACCELERATOR,
+    PRECISION,
+    STRATEGY,
+    AcceleratorEntry,
+    Origin,
+    PrecisionEntry,
+    Registry,
+    StrategyEntry,
+    key_text,
+    normalize_distribution,
+)
 
 ENTRY_POINT_GROUP = "prec"
 HOOK_ORDER = ("prec_register_accelerators", "prec_register_precisions", "prec_register_strategies")
+CORE_PLUGIN = "prec.core"
+_MARKER = f"{hookspecs.PROJECT_NAME}_impl"  # the attribute prec.hookimpl sets on a function
 
 _lock = threading.RLock()
 _registry: Registry | None = None
+_scan: list[_Point] | None = None
 _explicit: dict[str, object] = {}
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One plugin as ``prec list`` reports it."""
+    """One plugin as ``prec list`` reports it, including broken and disabled ones."""
 
     name: str
     distribution: str | None
@@ -48,6 +68,15 @@ class PluginInfo:
     status: str  # "ok", "error" or "disabled"
     error: str | None = None
     module: str | None = None
+    #: Why a plugin is disabled (which environment variable, or that the same object was registered in code).
+    reason: str | None = None
+    #: ``(kind, key)`` of every registration; for a broken plugin, what it registered before failing (discarded,
+    #: but kept so a failed lookup can say that this plugin would have provided it).
+    registered: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.name, self.distribution, self.version)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,7 +86,19 @@ class PluginInfo:
             "status": self.status,
             "error": self.error,
             "module": self.module,
+            "reason": self.reason,
         }
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One entry point with its distribution's name and version, read once per scan."""
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+    entry_point: EntryPoint
 
 
 def get_registry() -> Registry:
@@ -73,30 +114,34 @@ def get_registry() -> Registry:
 
 
 def reset_registry() -> None:
-    """Forget the cached registry, so the next use scans entry points again (after installing a plugin)."""
-    global _registry
+    """Forget the registry and the entry-point scan: the next use scans again (after installing a plugin)."""
+    global _registry, _scan
     with _lock:
         _registry = None
+        _scan = None
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register a plugin object in code (tests, notebooks); it takes part in the next registry build.
 
-    Returns the name it was registered under. Explicit plugins load even with
-    ``PREC_DISABLE_PLUGIN_AUTOLOAD=1`` and follow the same conflict rules as installed ones.
+    Returns the name it was registered under (registering a name again replaces the earlier object). Explicit
+    plugins load even with ``PREC_DISABLE_PLUGIN_AUTOLOAD=1`` and follow the same conflict rules as installed
+    ones. The installed entry points are not scanned again.
     """
     plugin_name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
+    global _registry
     with _lock:
         _explicit[plugin_name] = plugin
-        reset_registry()
+        _registry = None
     return plugin_name
 
 
 def unregister_plugin(name: str) -> None:
-    """Remove a plugin added with :func:`register_plugin`."""
+    """Remove a plugin added with :func:`register_plugin` (unknown names are ignored)."""
+    global _registry
     with _lock:
         _explicit.pop(name, None)
-        reset_registry()
+        _registry = None
 
 
 def list_plugins() -> list[PluginInfo]:
@@ -117,74 +162,145 @@ def _env_list(name: str) -> set[str] | None:
     return {part.strip().lower() for part in value.split(",") if part.strip()}
 
 
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class _Manager(pluggy.PluginManager):
+    """pluggy's manager with a fast path for module plugins: pluggy inspects every module attribute with
+    ``inspect.getattr_static``; a module's plain functions without the marker are skipped here directly."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if isinstance(plugin, types.ModuleType):
+            value = plugin.__dict__.get(name)
+            if isinstance(value, types.FunctionType):
+                return value.__dict__.get(_MARKER)
+            if not isinstance(value, types.MethodType):
+                return None  # classes, modules, data: never hook implementations at module level
+        return super().parse_hookimpl_opts(plugin, name)
+
+
 class _Loader:
-    """One registry build: discovers plugins, calls their hooks one plugin at a time, records their fate."""
+    """One registry build: registers plugins, calls their hooks one plugin at a time, records their fate."""
 
     def __init__(self) -> None:
         self.strict = _env_flag("PREC_STRICT_PLUGINS")
-        self.trace = _env_flag("PREC_TRACE_PLUGINS")
-        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.tracing = _env_flag("PREC_TRACE_PLUGINS")
+        self.manager = _Manager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.registry = Registry()
         self.origins: dict[str, Origin] = {}
 
-    def _trace(self, message: str) -> None:
-        if self.trace:
-            print(f"prec: {message}", file=sys.stderr)
+    def trace(self, message: str) -> None:
+        if self.tracing:
+            print(f"prec: {message}", file=sys.stderr, flush=True)
 
-    def _fail(self, info: PluginInfo) -> None:
-        self.registry.plugins[info.name] = info
-        message = f"prec plugin {info.name!r}" + (f" ({info.distribution})" if info.distribution else "")
-        message += f" failed and was skipped: {info.error}"
-        self._trace(message)
+    def problem(self, message: str) -> None:
+        """A plugin problem that is not fatal: a PluginWarning, or a PluginError under PREC_STRICT_PLUGINS."""
+        self.trace(message)
         if self.strict:
-            raise PluginError(message + " (PREC_STRICT_PLUGINS is set)")
+            raise PluginError(message + " (raised because PREC_STRICT_PLUGINS is set)")
         warn(message, PluginWarning)
 
+    def fail(self, info: PluginInfo) -> None:
+        self.registry.plugins[info.name] = info
+        self.problem(
+            f"prec plugin {info.name!r}"
+            + (f" from {info.distribution} {info.version or ''}".rstrip() if info.distribution else "")
+            + f" failed and was skipped: {info.error}. Everything else keeps working;"
+            f" PREC_DISABLED_PLUGINS={info.name} skips it without this warning."
+        )
+
     def add(self, name: str, plugin: object, origin: Origin, module: str | None) -> None:
+        info = PluginInfo(name, origin.distribution, origin.version, "ok", None, module)
+        existing = self.manager.get_name(plugin)
+        if existing is not None:
+            reason = f"the same object is already loaded as plugin {existing!r}"
+            self.registry.plugins[name] = PluginInfo(
+                name, origin.distribution, origin.version, "disabled", None, module, reason
+            )
+            self.trace(f"plugin {name!r} skipped: {reason}")
+            return
         try:
-            self.manager.register(plugin, name=name)
-            unknown = [caller.name for caller in self.manager.get_hookcallers(plugin) or () if not caller.has_spec()]
-            if unknown:
-                self.manager.unregister(plugin)
-                known = ", ".join(HOOK_ORDER)
-                raise PluginError(f"implements unknown hook(s) {', '.join(unknown)}; known hooks: {known}")
+            self.manager.register(plugin, name=name)  # pluggy validates hook signatures against the specs
         except Exception as error:  # noqa: BLE001 - a broken plugin must not break prec
-            self._fail(PluginInfo(name, origin.distribution, origin.version, "error", _describe(error), module))
+            self.fail(PluginInfo(name, origin.distribution, origin.version, "error", _describe(error), module))
             return
         self.origins[name] = origin
-        self.registry.plugins[name] = PluginInfo(name, origin.distribution, origin.version, "ok", None, module)
+        self.registry.plugins[name] = info
+
+    def validate(self) -> dict[str, dict[str, Any]]:
+        """Plugin name -> {hook name: implementation} for the plugins that pass; a plugin implementing an unknown
+        hook, or defining a hook without the decorator, fails. One pass over all hooks (linear in plugins)."""
+        impls: dict[str, dict[str, Any]] = {name: {} for name in self.origins}
+        unknown: dict[str, list[str]] = {}
+        for hook_name, caller in vars(self.manager.hook).items():
+            for impl in caller.get_hookimpls():
+                if caller.has_spec():
+                    impls[impl.plugin_name][hook_name] = impl
+                else:
+                    unknown.setdefault(impl.plugin_name, []).append(hook_name)
+        for name in list(impls):
+            problem = _hook_problem(self.manager.get_plugin(name), impls[name], unknown.get(name, []))
+            if problem is not None:
+                info = self.registry.plugins[name]
+                self.manager.unregister(name=name)
+                del impls[name], self.origins[name]
+                self.fail(PluginInfo(name, info.distribution, info.version, "error", problem, info.module))
+        return impls
 
     def run_hooks(self) -> None:
+        implementations = self.validate()
         for name, origin in list(self.origins.items()):
-            plugin = self.manager.get_plugin(name)
             staged: list[tuple[Callable[[Any], None], Any]] = []
-            callbacks = self._register_callbacks(origin, staged)
+            keys: list[tuple[str, str]] = []
+            callbacks = self._register_callbacks(origin, staged, keys)
+            started = time.perf_counter()
             try:
                 for hook_name in HOOK_ORDER:
-                    for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
-                        if impl.plugin is plugin:
-                            self._trace(f"calling {hook_name} of plugin {name!r}")
-                            offered = {"register": callbacks[hook_name]}
-                            impl.function(**{arg: offered[arg] for arg in impl.argnames})
-            except Exception as error:  # noqa: BLE001
+                    impl = implementations[name].get(hook_name)
+                    if impl is not None:
+                        self.trace(f"calling {hook_name} of plugin {name!r}")
+                        offered = {"register": callbacks[hook_name]}
+                        impl.function(**{arg: offered[arg] for arg in impl.argnames})
+            except (Exception, SystemExit) as error:  # noqa: BLE001
                 info = self.registry.plugins[name]
-                self._fail(PluginInfo(name, info.distribution, info.version, "error", _describe(error), info.module))
+                where = f"{hook_name} raised {_describe(error)}"
+                self.fail(
+                    PluginInfo(name, info.distribution, info.version, "error", where, info.module, None, tuple(keys))
+                )
                 continue
+            self.trace(f"plugin {name!r}: hooks took {1e3 * (time.perf_counter() - started):.2f} ms")
             for add, entry in staged:
                 add(entry)
+            info = self.registry.plugins[name]
+            self.registry.plugins[name] = PluginInfo(
+                info.name, info.distribution, info.version, "ok", None, info.module, None, tuple(keys)
+            )
 
-    def _register_callbacks(self, origin: Origin, staged: list[tuple[Callable[[Any], None], Any]]) -> dict[str, Any]:
+    def _register_callbacks(
+        self, origin: Origin, staged: list[tuple[Callable[[Any], None], Any]], keys: list[tuple[str, str]]
+    ) -> dict[str, Any]:
         registry = self.registry
+
+        def stage(kind: str, key: Any, add: Callable[[Any], None], entry: Any, priority: Any) -> None:
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                raise TypeError(f"priority must be an int, got {priority!r}")
+            item = (kind, key_text(key))
+            if item in keys:
+                raise PluginError(f"registers {kind} {key_text(key)!r} twice")
+            keys.append(item)
+            staged.append((add, entry))
+            self.trace(f"  {origin.plugin} registers {kind} {key_text(key)!r} (priority {priority})")
 
         def register_accelerator(accelerator: type, *, priority: int = 0) -> None:
             from prec.accelerator import Accelerator
 
             if not (isinstance(accelerator, type) and issubclass(accelerator, Accelerator)) or not accelerator.name:
                 raise TypeError(f"register() takes an Accelerator subclass with a name, got {accelerator!r}")
-            entry = AcceleratorEntry(accelerator.name, accelerator, tuple(accelerator.aliases), origin, priority)
-            self._trace(f"  {origin.plugin} registers accelerator {entry.name!r}")
-            staged.append((registry.add_accelerator, entry))
+            aliases = _names(accelerator.aliases, "aliases")
+            entry = AcceleratorEntry(accelerator.name, accelerator, aliases, origin, priority)
+            stage(ACCELERATOR, entry.name, registry.add_accelerator, entry, priority)
 
         def register_precision(
             name: str,
@@ -195,11 +311,16 @@ class _Loader:
             priority: int = 0,
             description: str = "",
         ) -> None:
-            if not isinstance(name, str) or not name or not isinstance(accelerator, str) or not callable(factory):
-                raise TypeError("register() takes (name: str, accelerator: str, factory: callable)")
-            entry = PrecisionEntry(name, accelerator, factory, origin, tuple(aliases), priority, description)
-            self._trace(f"  {origin.plugin} registers precision {name!r} on {accelerator!r}")
-            staged.append((registry.add_precision, entry))
+            if not isinstance(name, str) or not name or not isinstance(accelerator, str) or not accelerator:
+                raise TypeError(
+                    f"register() takes (name: str, accelerator: str, factory), got {name!r}, {accelerator!r}"
+                )
+            if not callable(factory):
+                raise TypeError(f"the factory for {name!r} on {accelerator!r} is not callable: {factory!r}")
+            entry = PrecisionEntry(
+                name, accelerator, factory, origin, _names(aliases, "aliases"), priority, description
+            )
+            stage(PRECISION, (name, accelerator), registry.add_precision, entry, priority)
 
         def register_strategy(
             name: str,
@@ -211,18 +332,17 @@ class _Loader:
             description: str = "",
         ) -> None:
             if not isinstance(name, str) or not name or not callable(factory):
-                raise TypeError("register() takes (name: str, factory: callable)")
+                raise TypeError(f"register() takes (name: str, factory: callable), got {name!r}, {factory!r}")
             entry = StrategyEntry(
                 name,
                 factory,
                 origin,
-                None if accelerators is None else frozenset(accelerators),
-                None if precisions is None else frozenset(precisions),
+                None if accelerators is None else frozenset(_names(accelerators, "accelerators")),
+                None if precisions is None else frozenset(_names(precisions, "precisions")),
                 priority,
                 description,
             )
-            self._trace(f"  {origin.plugin} registers strategy {name!r}")
-            staged.append((registry.add_strategy, entry))
+            stage(STRATEGY, name, registry.add_strategy, entry, priority)
 
         return {
             "prec_register_accelerators": register_accelerator,
@@ -231,61 +351,162 @@ class _Loader:
         }
 
 
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+def _hook_problem(plugin: object, implemented: dict[str, Any], unknown: list[str]) -> str | None:
+    """Why a plugin's hooks cannot work (a misspelt hook, a missing decorator), or None."""
+    if unknown:
+        hints = [difflib.get_close_matches(hook, HOOK_ORDER, n=1) for hook in unknown]
+        spelled = "".join(
+            f" ({hook}: did you mean {hint[0]}?)" for hook, hint in zip(unknown, hints, strict=True) if hint
+        )
+        return f"PluginError: implements unknown hook(s) {', '.join(unknown)}{spelled}; known: {', '.join(HOOK_ORDER)}"
+    undecorated = [hook for hook in HOOK_ORDER if hook not in implemented and callable(getattr(plugin, hook, None))]
+    if undecorated:
+        return f"PluginError: defines {', '.join(undecorated)} without the @prec.hookimpl decorator"
+    return None
 
 
-def _entry_points() -> list[EntryPoint]:
-    """All ``prec`` entry points, one per (distribution, name), even when two distributions share a name."""
-    seen: set[tuple[str, str]] = set()
-    points: list[EntryPoint] = []
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        dist = point.dist.name if point.dist is not None else ""
-        key = (dist.lower().replace("_", "-"), point.name)
-        if key not in seen:  # the same distribution found twice on sys.path
-            seen.add(key)
-            points.append(point)
+def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """A tuple of non-empty strings (a bare string is a mistake: ``aliases="gpu"`` would mean g, p, u)."""
+    if isinstance(values, str) or not all(isinstance(value, str) and value for value in values):
+        raise TypeError(f"{what} must be a list of names, got {values!r}")
+    return tuple(values)
+
+
+def _entry_points() -> list[_Point]:
+    """All ``prec`` entry points, scanned once per process (until :func:`reset_registry`), one per
+    (distribution, name): a distribution found twice on ``sys.path`` counts once (the first, as for imports),
+    two distributions sharing a name both count (pluggy's own loader would silently skip the second)."""
+    global _scan
+    with _lock:
+        if _scan is None:
+            _scan = _scan_distributions()
+        return _scan
+
+
+def _scan_distributions() -> list[_Point]:
+    """One read of ``entry_points.txt`` per installed distribution; metadata is parsed only for those that
+    publish group ``prec`` (the scan cost grows with every installed distribution, so keep it to a file read)."""
+    marker = f"[{ENTRY_POINT_GROUP}]"
+    seen: set[str] = set()
+    points: list[_Point] = []
+    for dist in distributions():
+        normalized = getattr(dist, "_normalized_name", None)  # from the dist-info folder name, without a parse
+        if normalized is not None:
+            normalized = normalize_distribution(normalized)
+            if normalized in seen:
+                continue
+            seen.add(normalized)
+        text = dist.read_text("entry_points.txt")
+        if not text or marker not in text:
+            continue
+        name, version = _name_and_version(dist)
+        if normalized is None:
+            if normalize_distribution(name) in seen:
+                continue
+            seen.add(normalize_distribution(name))
+        for point_name, value in _group(text, marker):
+            points.append(_Point(point_name, value, name, version, EntryPoint(point_name, value, ENTRY_POINT_GROUP)))
     return points
 
 
-def _build_registry() -> Registry:
-    loader = _Loader()
-    from prec import strategy as core_strategies  # prec-core's own strategies, always present
+def _name_and_version(dist: Distribution) -> tuple[str | None, str | None]:
+    """Name and Version from the metadata headers, without parsing the whole file as an email message."""
+    found: dict[str, str] = {}
+    for line in (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").splitlines():
+        if not line:
+            break  # the headers end at the first blank line
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version"):
+            found[key] = value.strip()
+            if len(found) == 2:
+                break
+    if len(found) < 2:
+        return dist.metadata["Name"], dist.version
+    return found["Name"], found["Version"]
 
-    loader.add("prec.core", core_strategies, Origin("prec.core", "prec-core", _version("prec-core")), "prec.strategy")
+
+def _group(text: str, marker: str) -> list[tuple[str, str]]:
+    """The ``name = value`` lines of one section of an ``entry_points.txt``."""
+    section = text.split(marker, 1)[1].split("\n[", 1)[0]
+    pairs = []
+    for line in section.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and not line.lstrip().startswith(("#", ";")):
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _build_registry() -> Registry:
+    started = time.perf_counter()
+    loader = _Loader()
+    from prec import strategy as core_strategies  # prec-core's own strategies, always present (imports torch)
+
+    loader.trace(f"imported prec.strategy (and torch) in {1e3 * (time.perf_counter() - started):.1f} ms")
+
+    core = Origin(CORE_PLUGIN, "prec-core", _version("prec-core"))
+    loader.add(CORE_PLUGIN, core_strategies, core, "prec.strategy")
     for name, plugin in _explicit.items():
         loader.add(name, plugin, Origin(name), getattr(plugin, "__name__", None))
-    if not _env_flag("PREC_DISABLE_PLUGIN_AUTOLOAD"):
-        only = _env_list("PREC_LOAD_PLUGINS")
-        disabled = _env_list("PREC_DISABLED_PLUGINS") or set()
-        points = _entry_points()
-        name_counts: dict[str, int] = {}
-        for point in points:
-            name_counts[point.name] = name_counts.get(point.name, 0) + 1
-        for point in points:
-            dist = point.dist.name if point.dist is not None else None
-            version = point.dist.version if point.dist is not None else None
-            # A name two distributions share is qualified by both, so neither silently hides the other.
-            name = point.name if name_counts[point.name] == 1 else f"{dist}:{point.name}"
-            keys = {point.name.lower(), name.lower(), (dist or "").lower(), (dist or "").lower().replace("_", "-")}
-            if (only is not None and not keys & only) or keys & disabled:
-                loader.registry.plugins[name] = PluginInfo(name, dist, version, "disabled", None, point.value)
-                loader._trace(f"plugin {name!r} disabled by environment")
-                continue
-            loader._trace(f"loading plugin {name!r} from {dist} ({point.value})")
-            try:
-                plugin = point.load()
-            except Exception as error:  # noqa: BLE001
-                loader._fail(PluginInfo(name, dist, version, "error", _describe(error), point.value))
-                continue
-            loader.add(name, plugin, Origin(name, dist, version), point.value)
+    if _env_flag("PREC_DISABLE_PLUGIN_AUTOLOAD"):
+        loader.trace("PREC_DISABLE_PLUGIN_AUTOLOAD is set: no entry points loaded")
+        loader.registry.autoload_disabled = True
+    else:
+        _load_entry_points(loader)
     loader.run_hooks()
     loader.registry.finalize()
     for conflict in loader.registry.conflicts.values():
-        if loader.strict:
-            raise PluginError(str(conflict))
-        warn(str(conflict), PluginWarning)
+        loader.problem(str(conflict))
+    for (kind, key), (winner, losers) in loader.registry.overrides.items():
+        loader.trace(f"{kind} {key!r}: {winner} overrides {', '.join(map(str, losers))} by priority")
+    loader.trace(f"registry built in {1e3 * (time.perf_counter() - started):.1f} ms")
     return loader.registry
+
+
+def _load_entry_points(loader: _Loader) -> None:
+    only = _env_list("PREC_LOAD_PLUGINS")
+    disabled = _env_list("PREC_DISABLED_PLUGINS") or set()
+    points = _entry_points()
+    counts: dict[str, int] = {}
+    for point in points:
+        counts[point.name] = counts.get(point.name, 0) + 1
+    matched: set[str] = set()
+    for point in points:
+        dist = point.distribution
+        # A name two distributions share is qualified by both, so neither silently hides the other.
+        name = point.name if counts[point.name] == 1 else f"{dist}:{point.name}"
+        if name in loader.registry.plugins:  # taken by a plugin registered in code
+            name = f"{dist}:{point.name}"
+        keys = {point.name.lower(), name.lower(), (dist or "").lower(), normalize_distribution(dist)}
+        matched |= keys & ((only or set()) | disabled)
+        reason = None
+        if only is not None and not keys & only:
+            reason = "not named in PREC_LOAD_PLUGINS"
+        elif keys & disabled:
+            reason = "named in PREC_DISABLED_PLUGINS"
+        if reason is not None:
+            loader.registry.plugins[name] = PluginInfo(name, dist, point.version, "disabled", None, point.value, reason)
+            loader.trace(f"plugin {name!r} disabled: {reason}")
+            continue
+        started = time.perf_counter()
+        try:
+            plugin = point.entry_point.load()
+        except (Exception, SystemExit) as error:  # noqa: BLE001
+            loader.fail(
+                PluginInfo(name, dist, point.version, "error", f"import failed: {_describe(error)}", point.value)
+            )
+            continue
+        loader.trace(
+            f"loaded plugin {name!r} from {dist} ({point.value}) in {1e3 * (time.perf_counter() - started):.2f} ms"
+        )
+        loader.add(name, plugin, Origin(name, dist, point.version), point.value)
+    for variable, names in (("PREC_LOAD_PLUGINS", only or set()), ("PREC_DISABLED_PLUGINS", disabled)):
+        unknown = sorted(names - matched)
+        if unknown:
+            installed = sorted({point.name for point in points} | {point.distribution or "" for point in points} - {""})
+            loader.problem(
+                f"{variable} names {', '.join(map(repr, unknown))}, which no installed prec plugin matches"
+                f" (installed plugins and distributions: {', '.join(installed) or 'none'})."
+            )
 
 
 def _version(distribution: str) -> str | None:

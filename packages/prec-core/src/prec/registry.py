@@ -2,27 +2,39 @@
 
 Selecting a precision is a dictionary lookup here, never an if-chain. When the lookup fails, the registry
 explains: what the accelerator supports, which of prec's own packages would add the pair, and which installed
-plugin is broken or in conflict when that plugin may have been the one to provide it.
+plugin is broken, disabled or in conflict when that plugin may have been the one to provide it.
+
+The conflict rule: for every key (an accelerator name, a precision × accelerator pair, a strategy name, an alias)
+the registration with the highest ``priority`` wins. A tie at the top between two registrations is a
+:class:`Conflict`: the key is unusable and selecting it raises an error naming both plugins. Load order never
+decides. An alias never shadows a registered name: the name wins and the alias is dropped (reported as a conflict
+that does not block anything).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prec.errors import (
     AcceleratorUnavailableError,
     ConfigurationError,
     UnknownAcceleratorError,
+    UnknownPrecisionError,
     UnknownStrategyError,
     UnsupportedPrecisionError,
 )
-from prec.names import CANONICAL_PRECISIONS, normalize_precision
+from prec.hookspecs import RegisterAccelerator as RegisterAccelerator  # noqa: F401 - re-exported
+from prec.hookspecs import RegisterPrecision as RegisterPrecision  # noqa: F401
+from prec.hookspecs import RegisterStrategy as RegisterStrategy  # noqa: F401
+from prec.names import AUTO, CANONICAL_PRECISIONS, legacy_names, normalize_precision
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
+    from prec.plugins import PluginInfo
     from prec.precision import Precision
     from prec.strategy import Strategy
 
@@ -49,34 +61,14 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
 }
 
 
-class RegisterAccelerator(Protocol):
-    def __call__(self, accelerator: type[Accelerator], *, priority: int = 0) -> None: ...
+_RESERVED_PRECISION_NAMES = frozenset({AUTO, *CANONICAL_PRECISIONS, *(key.strip("'") for key in legacy_names())})
+ACCELERATOR, PRECISION, STRATEGY = "accelerator", "precision", "strategy"
+ACCELERATOR_ALIAS, PRECISION_ALIAS = "accelerator alias", "precision alias"
 
 
-class RegisterPrecision(Protocol):
-    def __call__(
-        self,
-        name: str,
-        accelerator: str,
-        factory: PrecisionFactory,
-        *,
-        aliases: Iterable[str] = (),
-        priority: int = 0,
-        description: str = "",
-    ) -> None: ...
-
-
-class RegisterStrategy(Protocol):
-    def __call__(
-        self,
-        name: str,
-        factory: StrategyFactory,
-        *,
-        accelerators: Iterable[str] | None = None,
-        precisions: Iterable[str] | None = None,
-        priority: int = 0,
-        description: str = "",
-    ) -> None: ...
+def normalize_distribution(name: str | None) -> str:
+    """PEP 503 form of a distribution name (``Prec_CPU`` and ``prec-cpu`` are one distribution)."""
+    return re.sub(r"[-_.]+", "-", name or "").lower()
 
 
 @dataclass(frozen=True)
@@ -88,7 +80,9 @@ class Origin:
     version: str | None = None
 
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r}" + (f" from {self.distribution}" if self.distribution else "")
+        if self.distribution is None:
+            return f"plugin {self.plugin!r} (registered in code)"
+        return f"plugin {self.plugin!r} from {self.distribution}" + (f" {self.version}" if self.version else "")
 
 
 @dataclass(frozen=True)
@@ -124,22 +118,47 @@ class StrategyEntry:
 
 @dataclass(frozen=True)
 class Conflict:
-    """Two plugins registered the same key at the same priority: the key is unusable until one yields."""
+    """Two plugins registered one key at the same, highest priority: the key is unusable until one yields.
+
+    With ``shadowed`` set it is an alias that equals a registered name: the name wins, nothing is blocked.
+    """
 
     kind: str
     key: str
     origins: tuple[Origin, ...]
+    priority: int = 0
+    shadowed: str | None = None
+
+    @property
+    def blocking(self) -> bool:
+        return self.shadowed is None
 
     def __str__(self) -> str:
+        if self.shadowed is not None:
+            return f"{self.kind} {self.key} of {self.origins[0]} is ignored: it is {self.shadowed}, which wins."
         who = " and ".join(str(origin) for origin in self.origins)
+        uninstall = [origin.distribution for origin in self.origins if origin.distribution]
+        how = f" (pip uninstall {uninstall[-1]})" if uninstall else ""
         return (
-            f"{self.kind} {self.key} is registered by both {who} at the same priority; prec never picks one by"
-            " load order. Uninstall one, disable one with PREC_DISABLED_PLUGINS, or register with a higher priority."
+            f"{self.kind} {self.key} is registered by both {who} at priority {self.priority}; prec never picks one"
+            f" by load order, so it cannot be used until one yields. Uninstall one{how}, disable one"
+            f" (PREC_DISABLED_PLUGINS={self.origins[-1].plugin}), or have the one that should win register it"
+            f" with priority={self.priority + 1}."
         )
 
 
-def _key_text(key: Any) -> str:
+def key_text(key: Any) -> str:
+    """``("16-mixed", "cpu")`` -> ``"16-mixed@cpu"``: the text form of a registry key."""
     return "@".join(key) if isinstance(key, tuple) else str(key)
+
+
+def _sorted_origins(origins: Iterable[Origin]) -> tuple[Origin, ...]:
+    """Origins in a stable order (by distribution, then plugin name), so messages never depend on load order."""
+    return tuple(sorted(origins, key=lambda origin: (origin.distribution or "", origin.plugin)))
+
+
+def _label(kind: str, key: Any) -> str:
+    return f"{key[0]!r} on {key[1]!r}" if kind == PRECISION else repr(key)
 
 
 @dataclass
@@ -149,9 +168,14 @@ class Registry:
     accelerators: dict[str, AcceleratorEntry] = field(default_factory=dict)
     precisions: dict[tuple[str, str], PrecisionEntry] = field(default_factory=dict)
     strategies: dict[str, StrategyEntry] = field(default_factory=dict)
+    #: (kind, key text) -> the tie that makes the key unusable (or an alias that was dropped).
     conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict)
-    #: Set by the plugin manager: name -> PluginInfo, including broken and disabled plugins.
-    plugins: dict[str, Any] = field(default_factory=dict)
+    #: (kind, key text) -> (winner, losers): keys a higher ``priority`` took over from other plugins.
+    overrides: dict[tuple[str, str], tuple[Origin, tuple[Origin, ...]]] = field(default_factory=dict)
+    #: Plugin name -> PluginInfo, including broken and disabled plugins (filled by the plugin loader).
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    #: Set by the plugin loader under PREC_DISABLE_PLUGIN_AUTOLOAD=1, so errors can say why nothing loaded.
+    autoload_disabled: bool = False
     _aliases: dict[str, str] = field(default_factory=dict)
     _precision_aliases: dict[str, str] = field(default_factory=dict)
     _instances: dict[str, Accelerator] = field(default_factory=dict)
@@ -159,55 +183,109 @@ class Registry:
 
     # -- adding ---------------------------------------------------------------------------------------------
     def add_accelerator(self, entry: AcceleratorEntry) -> None:
-        self._candidates.setdefault(("accelerator", entry.name), []).append(entry)
+        self._candidates.setdefault((ACCELERATOR, entry.name), []).append(entry)
 
     def add_precision(self, entry: PrecisionEntry) -> None:
-        self._candidates.setdefault(("precision", (entry.name, entry.accelerator)), []).append(entry)
+        self._candidates.setdefault((PRECISION, (entry.name, entry.accelerator)), []).append(entry)
 
     def add_strategy(self, entry: StrategyEntry) -> None:
-        self._candidates.setdefault(("strategy", entry.name), []).append(entry)
+        self._candidates.setdefault((STRATEGY, entry.name), []).append(entry)
 
     def finalize(self) -> None:
-        """Apply the conflict rule once everything is registered: the highest priority wins; a tie between
-        two or more plugins at the top is a :class:`Conflict` and the key stays unusable (never load order)."""
+        """Apply the conflict rule once everything is registered (see the module docstring)."""
         tables: dict[str, dict[Any, Any]] = {
-            "accelerator": self.accelerators,
-            "precision": self.precisions,
-            "strategy": self.strategies,
+            ACCELERATOR: self.accelerators,
+            PRECISION: self.precisions,
+            STRATEGY: self.strategies,
         }
         for table in tables.values():
             table.clear()
         self.conflicts.clear()
+        self.overrides.clear()
         for (kind, key), entries in self._candidates.items():
             top = max(entry.priority for entry in entries)
             winners = [entry for entry in entries if entry.priority == top]
             if len(winners) == 1:
                 tables[kind][key] = winners[0]
+                losers = tuple(entry.origin for entry in entries if entry is not winners[0])
+                if losers:
+                    self.overrides[(kind, key_text(key))] = (winners[0].origin, losers)
             else:
-                label = f"{key[0]!r} on {key[1]!r}" if kind == "precision" else repr(key)
-                self.conflicts[(kind, _key_text(key))] = Conflict(kind, label, tuple(e.origin for e in winners))
-        self._aliases = {alias: name for name, acc in self.accelerators.items() for alias in acc.aliases}
-        self._precision_aliases = {alias: entry.name for entry in self.precisions.values() for alias in entry.aliases}
+                origins = _sorted_origins(entry.origin for entry in winners)
+                self.conflicts[(kind, key_text(key))] = Conflict(kind, _label(kind, key), origins, top)
+        accelerator_claims = [
+            (alias.lower(), name, entry.origin, entry.priority)
+            for name, entry in self.accelerators.items()
+            for alias in entry.aliases
+        ]
+        self._aliases = self._resolve_aliases(ACCELERATOR_ALIAS, accelerator_claims, {AUTO, *self.accelerators})
+        precision_claims = [
+            (alias, entry.name, entry.origin, entry.priority)
+            for entry in self.precisions.values()
+            for alias in entry.aliases
+        ]
+        reserved = _RESERVED_PRECISION_NAMES | {name for name, _ in self.precisions}
+        self._precision_aliases = self._resolve_aliases(PRECISION_ALIAS, precision_claims, reserved)
         self._instances.clear()
+
+    def _resolve_aliases(self, kind: str, claims: list[tuple[str, str, Origin, int]], reserved: set[str]) -> dict:
+        """Alias -> name, by the same rule as names; an alias that is itself a name is dropped."""
+        by_alias: dict[str, dict[str, tuple[Origin, int]]] = {}
+        for alias, target, origin, priority in claims:
+            if alias == target:
+                continue
+            if alias in reserved:
+                what = "a registered name" if alias not in _RESERVED_PRECISION_NAMES else "a built-in name"
+                self.conflicts[(kind, alias)] = Conflict(kind, f"{alias!r} for {target!r}", (origin,), priority, what)
+                continue
+            best = by_alias.setdefault(alias, {}).get(target)
+            if best is None or priority > best[1]:
+                by_alias[alias][target] = (origin, priority)
+        resolved: dict[str, str] = {}
+        for alias, targets in by_alias.items():
+            top = max(priority for _, priority in targets.values())
+            winners = sorted(target for target, (_, priority) in targets.items() if priority == top)
+            if len(winners) == 1:
+                resolved[alias] = winners[0]
+            else:
+                origins = _sorted_origins(targets[target][0] for target in winners)
+                label = f"{alias!r} (for {' and '.join(map(repr, winners))})"
+                self.conflicts[(kind, alias)] = Conflict(kind, label, origins, top)
+        return resolved
+
+    def _blocking_conflict(self, kind: str, key: Any) -> Conflict | None:
+        conflict = self.conflicts.get((kind, key_text(key)))
+        return conflict if conflict is not None and conflict.blocking else None
 
     # -- accelerators ---------------------------------------------------------------------------------------
     def canonical_accelerator(self, name: str) -> str:
         """Resolve an alias (``gpu``, ``tpu``) to the accelerator's registered name."""
         name = name.lower()
+        conflict = self._blocking_conflict(ACCELERATOR_ALIAS, name)
+        if conflict is not None:
+            raise UnknownAcceleratorError(str(conflict))
         return self._aliases.get(name) or BUILTIN_ACCELERATOR_ALIASES.get(name, name)
 
     def accelerator(self, name: str) -> Accelerator:
         """The accelerator instance for ``name`` or an alias; ``"auto"`` picks the best available one."""
-        if name == "auto":
+        if name == AUTO:
             return self.auto_accelerator()
         canonical = self.canonical_accelerator(name)
-        if ("accelerator", canonical) in self.conflicts:
-            raise UnknownAcceleratorError(str(self.conflicts[("accelerator", canonical)]))
+        conflict = self._blocking_conflict(ACCELERATOR, canonical)
+        if conflict is not None:
+            raise UnknownAcceleratorError(str(conflict))
         entry = self.accelerators.get(canonical)
         if entry is None:
             raise UnknownAcceleratorError(self._missing_accelerator_message(name, canonical))
         if canonical not in self._instances:
-            self._instances[canonical] = entry.cls()
+            try:
+                self._instances[canonical] = entry.cls()
+            except Exception as error:
+                from prec.errors import PluginError
+
+                raise PluginError(
+                    f"accelerator {canonical!r} of {entry.origin} failed to initialise: {type(error).__name__}: {error}"
+                ) from error
         return self._instances[canonical]
 
     def available_accelerator(self, name: str) -> Accelerator:
@@ -231,7 +309,7 @@ class Registry:
             "accelerator='auto' found no available accelerator."
             + (f" Installed: {', '.join(sorted(self.accelerators))}." if self.accelerators else "")
             + " Install one, e.g. `pip install prec-cpu`."
-            + self._broken_plugins_note()
+            + self.plugin_note(ACCELERATOR, lambda item: item[0] == ACCELERATOR)
         )
 
     def _missing_accelerator_message(self, name: str, canonical: str) -> str:
@@ -239,23 +317,34 @@ class Registry:
         message = f"accelerator={name!r} is not installed. Installed accelerators: {', '.join(installed) or 'none'}."
         package = BUILTIN_ACCELERATOR_PACKAGES.get(canonical)
         if package:
-            message += f" `pip install {package}` adds it."
+            message += self._install_hint(package)
         else:
-            candidates = installed + list(self._aliases) + ["auto"]
+            candidates = installed + list(self._aliases) + [AUTO]
             match = difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
             if match:
                 message += f" Did you mean {match[0]!r}?"
-        return message + self._broken_plugins_note()
+        return message + self.plugin_note(ACCELERATOR, lambda item: item == (ACCELERATOR, canonical), package)
 
     # -- precisions -----------------------------------------------------------------------------------------
     def precision_names(self) -> list[str]:
-        """Every precision name known here: the canonical ones plus those plugins registered, with aliases."""
-        registered = {name for name, _ in self.precisions}
+        """Every precision name known here: the canonical ones plus those plugins registered (in conflict too, so
+        selecting one explains the conflict), with aliases."""
+        registered = {key[0] for kind, key in self._candidates if kind == PRECISION}
         return sorted(set(CANONICAL_PRECISIONS) | registered | set(self._precision_aliases))
 
     def normalize(self, value: Any) -> str:
         """Canonical name for a precision value (legacy spellings and plugin aliases resolved)."""
-        name = normalize_precision(value, self.precision_names())
+        if isinstance(value, str):
+            conflict = self._blocking_conflict(PRECISION_ALIAS, value)
+            if conflict is not None:
+                raise UnknownPrecisionError(str(conflict))
+        try:
+            name = normalize_precision(value, self.precision_names())
+        except UnknownPrecisionError as error:
+            note = self.plugin_note(PRECISION, lambda item: item[0] == PRECISION and item[1].split("@")[0] == value)
+            if note:
+                raise UnknownPrecisionError(f"{error}{note}") from None
+            raise
         return self._precision_aliases.get(name, name)
 
     def supported_precisions(self, accelerator: str) -> list[str]:
@@ -270,13 +359,15 @@ class Registry:
         return table
 
     def precision_entry(self, name: str, accelerator: str) -> PrecisionEntry:
-        """Look up the pair, or raise :class:`UnsupportedPrecisionError` that explains what to do instead."""
+        """Look up the pair, or raise :class:`UnsupportedPrecisionError` that explains what to do instead.
+
+        A registered pair always wins over a :data:`KNOWN_GAPS` note: the gap only explains a failed lookup."""
         accelerator = self.canonical_accelerator(accelerator)
         key = (name, accelerator)
         entry = self.precisions.get(key)
         if entry is not None:
             return entry
-        conflict = self.conflicts.get(("precision", _key_text(key)))
+        conflict = self._blocking_conflict(PRECISION, key)
         if conflict is not None:
             raise UnsupportedPrecisionError(str(conflict))
         raise UnsupportedPrecisionError(self._unsupported_message(name, accelerator))
@@ -295,23 +386,26 @@ class Registry:
             message += f" {gap}."
         package = BUILTIN_PAIR_PACKAGES.get((name, accelerator))
         if package:
-            message += f" `pip install {package}` adds it."
+            message += self._install_hint(package)
         elsewhere = sorted(acc for n, acc in self.precisions if n == name)
         if elsewhere and not gap:
             message += f" {name} is available on: {', '.join(elsewhere)}."
         message += f" Supported on {accelerator}: {', '.join(supported) or 'nothing installed'}."
-        return message + self._broken_plugins_note()
+        wanted = (PRECISION, key_text((name, accelerator)))
+        return message + self.plugin_note(PRECISION, lambda item: item == wanted, package)
 
     # -- strategies -----------------------------------------------------------------------------------------
     def strategy_entry(self, name: str) -> StrategyEntry:
-        if ("strategy", name) in self.conflicts:
-            raise UnknownStrategyError(str(self.conflicts[("strategy", name)]))
+        conflict = self._blocking_conflict(STRATEGY, name)
+        if conflict is not None:
+            raise UnknownStrategyError(str(conflict))
         entry = self.strategies.get(name)
         if entry is None:
             available = ", ".join(sorted(self.strategies)) or "none"
             match = difflib.get_close_matches(name, list(self.strategies), n=1, cutoff=0.6)
             hint = f" Did you mean {match[0]!r}?" if match else ""
-            raise UnknownStrategyError(f"strategy={name!r} is not registered. Available: {available}.{hint}")
+            note = self.plugin_note(STRATEGY, lambda item: item == (STRATEGY, name))
+            raise UnknownStrategyError(f"strategy={name!r} is not registered. Available: {available}.{hint}{note}")
         return entry
 
     def check_strategy(self, entry: StrategyEntry, accelerator: str, precision: str) -> None:
@@ -327,9 +421,31 @@ class Registry:
             )
 
     # -- diagnostics ----------------------------------------------------------------------------------------
-    def _broken_plugins_note(self) -> str:
-        broken = [info for info in self.plugins.values() if getattr(info, "status", "ok") == "error"]
-        if not broken:
-            return ""
-        parts = [f"{info.name!r} ({info.distribution or 'registered in code'}): {info.error}" for info in broken]
-        return " Note: these plugins failed to load and may have provided it: " + "; ".join(parts)
+    def _install_hint(self, package: str) -> str:
+        installed = any(normalize_distribution(info.distribution) == package for info in self.plugins.values())
+        return "" if installed else f" `pip install {package}` adds it."
+
+    def plugin_note(self, kind: str, provides: Callable[[tuple[str, str]], bool], package: str | None = None) -> str:
+        """Which broken or disabled plugin explains a failed lookup: one that registered the key before failing,
+        or whose distribution is the package that provides it, definitely would have; other broken plugins may."""
+        certain: list[str] = []
+        possible: list[str] = []
+        for info in self.plugins.values():
+            ours = package is not None and normalize_distribution(info.distribution) == package
+            if info.status == "error":
+                if any(provides(item) for item in info.registered):
+                    certain.append(f"{info.origin}, which registered it and then failed ({info.error})")
+                elif ours:
+                    certain.append(f"{info.origin}, which failed ({info.error})")
+                else:
+                    possible.append(f"{info.origin}: {info.error}")
+            elif info.status == "disabled" and ours:
+                certain.append(f"{info.origin}, which is disabled ({info.reason})")
+        note = ""
+        if certain:
+            note = f" The {kind} would have come from {'; '.join(certain)}."
+        elif possible:
+            note = f" These plugins failed to load and may have provided it: {'; '.join(possible)}."
+        if self.autoload_disabled:
+            note += " PREC_DISABLE_PLUGIN_AUTOLOAD is set: installed plugins were not loaded."
+        return note

@@ -1,0 +1,44 @@
+"""``prec.testing``: what a precision plugin author runs from their own test suite.
+
+The conformance kit checks what every precision must honour (global state restored, declared dtypes, a short
+fit that learns, state round-trips, idempotent teardown)::
+
+    from prec.testing import check_precision, parametrize_precisions
+
+    def test_my_precision():
+        check_precision("fp8-mixed", accelerator="cuda")      # raises ConformanceError with a report
+
+    @parametrize_precisions(accelerator="cpu")                # every registered cpu pair
+    def test_all(precision, accelerator):
+        check_precision(precision, accelerator)
+
+:class:`Sandbox` installs distributions into a throwaway virtual environment, to test a plugin installed the way
+a user installs it (entry points, ``prec list``) without touching the development environment.
+"""
+
+from __future__ import annotations
+
+from prec.testing.conformance import (
+    CHECKS,
+    CheckResult,
+    ConformanceError,
+    ConformanceReport,
+    check_precision,
+    global_state,
+    parametrize_precisions,
+    precision_pairs,
+)
+from prec.testing.sandbox import Sandbox, write_plugin_package
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "ConformanceError",
+    "ConformanceReport",
+    "Sandbox",
+    "check_precision",
+    "global_state",
+    "parametrize_precisions",
+    "precision_pairs",
+    "write_plugin_package",
+]
