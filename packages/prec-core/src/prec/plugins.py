@@ -26,12 +26,12 @@ import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import Distribution, EntryPoint, distributions
 from typing import Any
 
 import pluggy
 
 from prec import hookspecs
+from prec._discovery import EntryPointInfo, distribution_version, scan_entry_points
 from prec._warnings import warn
 from prec.errors import PluginError, PluginWarning
 from prec.registry import (
@@ -54,7 +54,7 @@ _MARKER = f"{hookspecs.PROJECT_NAME}_impl"  # the attribute prec.hookimpl sets o
 
 _lock = threading.RLock()
 _registry: Registry | None = None
-_scan: list[_Point] | None = None
+_scan: list[EntryPointInfo] | None = None
 _explicit: dict[str, object] = {}
 
 
@@ -88,17 +88,6 @@ class PluginInfo:
             "module": self.module,
             "reason": self.reason,
         }
-
-
-@dataclass(frozen=True)
-class _Point:
-    """One entry point with its distribution's name and version, read once per scan."""
-
-    name: str
-    value: str
-    distribution: str | None
-    version: str | None
-    entry_point: EntryPoint
 
 
 def get_registry() -> Registry:
@@ -372,68 +361,15 @@ def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _entry_points() -> list[_Point]:
+def _entry_points() -> list[EntryPointInfo]:
     """All ``prec`` entry points, scanned once per process (until :func:`reset_registry`), one per
     (distribution, name): a distribution found twice on ``sys.path`` counts once (the first, as for imports),
     two distributions sharing a name both count (pluggy's own loader would silently skip the second)."""
     global _scan
     with _lock:
         if _scan is None:
-            _scan = _scan_distributions()
+            _scan = scan_entry_points(ENTRY_POINT_GROUP)
         return _scan
-
-
-def _scan_distributions() -> list[_Point]:
-    """One read of ``entry_points.txt`` per installed distribution; metadata is parsed only for those that
-    publish group ``prec`` (the scan cost grows with every installed distribution, so keep it to a file read)."""
-    marker = f"[{ENTRY_POINT_GROUP}]"
-    seen: set[str] = set()
-    points: list[_Point] = []
-    for dist in distributions():
-        normalized = getattr(dist, "_normalized_name", None)  # from the dist-info folder name, without a parse
-        if normalized is not None:
-            normalized = normalize_distribution(normalized)
-            if normalized in seen:
-                continue
-            seen.add(normalized)
-        text = dist.read_text("entry_points.txt")
-        if not text or marker not in text:
-            continue
-        name, version = _name_and_version(dist)
-        if normalized is None:
-            if normalize_distribution(name) in seen:
-                continue
-            seen.add(normalize_distribution(name))
-        for point_name, value in _group(text, marker):
-            points.append(_Point(point_name, value, name, version, EntryPoint(point_name, value, ENTRY_POINT_GROUP)))
-    return points
-
-
-def _name_and_version(dist: Distribution) -> tuple[str | None, str | None]:
-    """Name and Version from the metadata headers, without parsing the whole file as an email message."""
-    found: dict[str, str] = {}
-    for line in (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").splitlines():
-        if not line:
-            break  # the headers end at the first blank line
-        key, _, value = line.partition(":")
-        if key in ("Name", "Version"):
-            found[key] = value.strip()
-            if len(found) == 2:
-                break
-    if len(found) < 2:
-        return dist.metadata["Name"], dist.version
-    return found["Name"], found["Version"]
-
-
-def _group(text: str, marker: str) -> list[tuple[str, str]]:
-    """The ``name = value`` lines of one section of an ``entry_points.txt``."""
-    section = text.split(marker, 1)[1].split("\n[", 1)[0]
-    pairs = []
-    for line in section.splitlines():
-        name, equals, value = line.partition("=")
-        if equals and not line.lstrip().startswith(("#", ";")):
-            pairs.append((name.strip(), value.strip()))
-    return pairs
 
 
 def _build_registry() -> Registry:
@@ -443,7 +379,7 @@ def _build_registry() -> Registry:
 
     loader.trace(f"imported prec.strategy (and torch) in {1e3 * (time.perf_counter() - started):.1f} ms")
 
-    core = Origin(CORE_PLUGIN, "prec-core", _version("prec-core"))
+    core = Origin(CORE_PLUGIN, "prec-core", distribution_version("prec-core"))
     loader.add(CORE_PLUGIN, core_strategies, core, "prec.strategy")
     for name, plugin in _explicit.items():
         loader.add(name, plugin, Origin(name), getattr(plugin, "__name__", None))
@@ -507,12 +443,3 @@ def _load_entry_points(loader: _Loader) -> None:
                 f"{variable} names {', '.join(map(repr, unknown))}, which no installed prec plugin matches"
                 f" (installed plugins and distributions: {', '.join(installed) or 'none'})."
             )
-
-
-def _version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
