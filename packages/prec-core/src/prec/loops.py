@@ -7,12 +7,15 @@ bound once per run, and nothing touches ``nn.Module.__setattr__`` or syncs with 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from prec._warnings import warn
 from prec.callbacks import Callback
@@ -22,6 +25,7 @@ from prec.loggers import flush_logs, log_results, record_precision_metrics
 from prec.module import TrainingModule
 from prec.optim import ManualOptimizer, parse_optimizers
 from prec.optim import step_schedulers as _step_schedulers
+from prec.precision import MixedPrecision, Precision
 from prec.progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -136,6 +140,7 @@ def run_fit(
         load_checkpoint(trainer, model, trainer._ckpt_path, "fit")
 
     hooks = {name: hook_callers(trainer, model, name) for name in _FIT_HOOKS}
+    _announce_auto_precision(trainer)
     call(hooks["on_fit_start"])
     call(hooks["on_train_start"])
     loop = _TrainingEpoch(trainer, model, hooks)
@@ -180,6 +185,18 @@ _FIT_HOOKS = (
     "on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
     "on_before_optimizer_step", "on_before_zero_grad",
 )  # fmt: skip
+
+
+def _announce_auto_precision(trainer: Trainer) -> None:
+    """``precision="auto"`` says what it picked and why, once, at fit start (on rank zero)."""
+    if trainer.auto_precision_reason is None or not trainer.is_global_zero:
+        return
+    message = (
+        f"precision='auto' picked {trainer.precision!r} on {trainer.accelerator.name}: {trainer.auto_precision_reason}"
+    )
+    logging.getLogger("prec").info(message)
+    if trainer.enable_progress_bar:
+        print(message, file=sys.stderr)
 
 
 def _done(trainer: Trainer) -> bool:
@@ -248,8 +265,13 @@ class _TrainingEpoch:
         trainer, model, hooks = self.trainer, self.model, self.hooks
         precision = trainer.precision_plugin
         metrics = trainer._metrics
-        convert_input, forward_context = precision.convert_input, precision.forward_context
-        backward = precision.backward
+        # Fast paths chosen once per epoch: what the precision leaves as the 32-true no-op is not called per step.
+        kind = type(precision)
+        convert_input = None if kind.convert_input is Precision.convert_input else precision.convert_input
+        forward_context = None if kind.forward_context is Precision.forward_context else precision.forward_context
+        backward = None if kind.backward is Precision.backward else precision.backward
+        plain_step = self.plain_optimizer_step()
+        advance = self.progress.advance if self.progress.enabled else None
         to_device, step, manual = self.to_device, self.step, self.manual
         batch_start, batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
         before_backward, after_backward = hooks["on_before_backward"], hooks["on_after_backward"]
@@ -270,18 +292,22 @@ class _TrainingEpoch:
                 break
             if to_device is not None:
                 batch = to_device(batch)
-            batch = convert_input(batch)
+            if convert_input is not None:
+                batch = convert_input(batch)
             if batch_start:
                 call(batch_start, batch, batch_idx)
-            with forward_context():
+            if forward_context is None:
                 output = step(batch, batch_idx)
+            else:
+                with forward_context():
+                    output = step(batch, batch_idx)
             boundary = accumulate == 1 or (batch_idx + 1) % accumulate == 0 or batch_idx + 1 >= total
             stepped = manual  # manual optimization: each training_step is one step of the loop
             if manual:
                 precision.update_scaler()  # once per training_step, after the user's opt.step() calls
                 trainer._manual_stepped.clear()
             else:
-                loss = extract_loss(output)
+                loss = output if type(output) is Tensor else extract_loss(output)
                 if loss is None:
                     self._warn_none()
                 else:
@@ -289,12 +315,19 @@ class _TrainingEpoch:
                         loss = loss / accumulate
                     if before_backward:
                         call(before_backward, loss)
-                    backward(loss, model)
+                    if backward is None:
+                        loss.backward()
+                    else:
+                        backward(loss, model)
                     if after_backward:
                         call(after_backward)
                     pending_grads = True
                 if boundary and pending_grads:
-                    self.optimizer_step()
+                    if plain_step is None:
+                        self.optimizer_step()
+                    else:
+                        plain_step.step()
+                        plain_step.zero_grad(set_to_none=True)
                     pending_grads = False
                     stepped = True
             trainer._batches_seen = batch_idx + 1
@@ -310,7 +343,8 @@ class _TrainingEpoch:
                     flush_logs(trainer, True)
             if batch_end:
                 call(batch_end, output, batch, batch_idx)
-            self.progress.advance()
+            if advance is not None:
+                advance()
             if val_every and (batch_idx + 1) % val_every == 0 and batch_idx + 1 < total:
                 validate()  # type: ignore[misc]
                 model.train()
@@ -320,6 +354,22 @@ class _TrainingEpoch:
                 break
             if trainer.should_stop:
                 break
+
+    def plain_optimizer_step(self) -> torch.optim.Optimizer | None:
+        """The optimizer to step inline when nothing sits between backward and step: one optimizer, no hooks,
+        no clipping, no grad scaler and a precision whose step is the plain one."""
+        trainer, precision = self.trainer, self.trainer.precision_plugin
+        plain = type(precision).optimizer_step in (Precision.optimizer_step, MixedPrecision.optimizer_step)
+        if (
+            len(trainer.optimizers) != 1
+            or not plain
+            or getattr(precision, "scaler", None) is not None
+            or self.clip_val is not None
+            or self.hooks["on_before_optimizer_step"]
+            or self.hooks["on_before_zero_grad"]
+        ):
+            return None
+        return trainer.optimizers[0]
 
     def optimizer_step(self) -> None:
         trainer = self.trainer
