@@ -9,12 +9,16 @@ from typing import Any
 import click
 
 from prec import __version__
+from prec.bench import bench_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="prec", message="%(prog)s %(version)s")
 def main() -> None:
     """Pluggable precision for PyTorch training."""
+
+
+main.add_command(bench_command)
 
 
 def collect() -> dict[str, Any]:
@@ -24,12 +28,12 @@ def collect() -> dict[str, Any]:
     registry = get_registry()
     accelerators = []
     for name, entry in sorted(registry.accelerators.items()):
-        accelerator = registry.accelerator(name)
-        try:
+        try:  # a broken constructor or probe is a reason, not a crash
+            accelerator = registry.accelerator(name)
             availability = accelerator.availability()
             available, reason = availability.available, availability.reason or None
             devices = accelerator.device_count() if available else 0
-        except Exception as error:  # noqa: BLE001 - a broken probe is a reason, not a crash
+        except Exception as error:  # noqa: BLE001
             available, reason, devices = False, f"{type(error).__name__}: {error}", 0
         accelerators.append(
             {
@@ -48,6 +52,7 @@ def collect() -> dict[str, Any]:
             "accelerator": entry.accelerator,
             "plugin": entry.origin.plugin,
             "distribution": entry.origin.distribution,
+            "version": entry.origin.version,
             "description": entry.description,
             "aliases": list(entry.aliases),
         }
@@ -105,9 +110,9 @@ def render(data: dict[str, Any]) -> str:
     )
     lines += ["", "Plugins"]
     lines += _table(
-        ["name", "distribution", "version", "status", "error"],
+        ["name", "distribution", "version", "status", "error or reason"],
         [
-            [p["name"], p["distribution"] or "-", p["version"] or "-", p["status"], p["error"] or ""]
+            [p["name"], p["distribution"] or "-", p["version"] or "-", p["status"], p["error"] or p.get("reason") or ""]
             for p in data["plugins"]
         ],
     )

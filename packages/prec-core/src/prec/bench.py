@@ -1,0 +1,449 @@
+"""``prec bench``: measure every precision this machine offers on one model, then recommend one.
+
+Each precision trains the same model (same seed, same batches) through :class:`prec.Trainer` for a short,
+warmed-up run; runs are interleaved over ``--repeats`` rounds so a noisy machine hurts every precision alike.
+Reported per precision: steps/s (median and min–max over rounds), peak memory, the final loss and its drift
+from 32-true. The recommendation is the fastest precision whose loss stays within ``--tolerance`` of 32-true.
+
+Torch (and every module only a measurement needs) is imported lazily, so registering this command keeps
+``prec list`` fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, _build, resolve_model  # noqa: F401 - part of prec.bench
+from prec.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+
+    from prec.accelerator import Accelerator
+
+BASELINE = "32-true"
+
+
+# -- measuring ------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run of one precision: per-step times and losses."""
+
+    step_ns: list[int]
+    losses: list[float]
+    peak_memory_mib: float | None
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and module is not None and hasattr(module, "synchronize"):
+        module.synchronize()
+
+
+class _Recorder:
+    """Callback that stamps the end of every step and keeps the (detached) losses."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[int] = []
+        self.losses: list[Any] = []
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(loss.detach() if loss is not None else None)
+        if self.device.type != "cpu":
+            _sync(self.device)  # per-step times on an asynchronous device need a sync; the bench pays it
+        self.stamps.append(time.perf_counter_ns())
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
+    """Peak memory growth during the body: the device allocator's peak, or on Linux CPUs the process's peak
+    resident set (reset through ``/proc/self/clear_refs``) above what it was at the start."""
+    import ctypes
+
+    import torch
+
+    result: dict[str, float | None] = {"mib": None}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield result
+        result["mib"] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+        return
+    start_kib = None
+    if device.type == "cpu" and sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next run's growth is its own
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset the peak resident set ("high water mark") to the current one
+            start_kib = _status_kib("VmRSS")
+    yield result
+    if start_kib is not None:
+        result["mib"] = max(0.0, (_status_kib("VmHWM") - start_kib) / 1024)
+
+
+def _status_kib(field_name: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return float(line.split()[1])
+    raise OSError(f"{field_name} missing from /proc/self/status")
+
+
+def run_once(
+    factory: Callable[[], Any], spec: str, accelerator: Accelerator, precision: str, steps: int, warmup: int, seed: int
+) -> Run:
+    """Build the model afresh from ``seed`` and train ``warmup + steps`` steps at ``precision``."""
+    import tempfile
+
+    from prec.callbacks import Callback
+    from prec.errors import PerformanceWarning
+    from prec.trainer import Trainer
+
+    device = accelerator.get_device(0)
+    with _peak_memory(device) as memory, tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerformanceWarning)  # the table shows the speed; no need to warn
+        module, batches = _build(factory, spec, seed)
+        batches = [_to_device(batch, device) for batch in batches]
+        recorder = _recorder_class(Callback)(device)
+        trainer = Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=precision,
+            max_steps=warmup + steps,
+            enable_progress_bar=False,
+            callbacks=[recorder],
+            default_root_dir=root,
+        )
+        total = warmup + steps
+        trainer.fit(module, [batches[index % len(batches)] for index in range(total)])
+    stamps = recorder.stamps[warmup - 1 :]
+    step_ns = [later - earlier for earlier, later in zip(stamps[:-1], stamps[1:], strict=False)]
+    losses = [float(loss.float()) if loss is not None else math.nan for loss in recorder.losses]
+    return Run(step_ns, losses, memory["mib"])
+
+
+@functools.cache
+def _recorder_class(callback_base: type) -> type:
+    return type("BenchRecorder", (_Recorder, callback_base), {})
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    from prec.precision.base import apply_to_tensors
+
+    return apply_to_tensors(batch, lambda tensor: tensor.to(device))
+
+
+@dataclass
+class PrecisionResult:
+    precision: str
+    native: bool | None = None
+    steps_per_s: float | None = None
+    steps_per_s_min: float | None = None
+    steps_per_s_max: float | None = None
+    speedup_vs_32_true: float | None = None
+    peak_memory_mib: float | None = None
+    final_loss: float | None = None
+    loss_drift: float | None = None
+    error: str | None = None
+    rounds: list[float] = field(default_factory=list)
+
+
+def summarize(precision: str, runs: list[Run], native: bool | None, tail: int = 10) -> PrecisionResult:
+    """Median steps/s over rounds (each round: the median step time), memory median, mean of the last losses."""
+    import statistics
+
+    per_round = [1e9 / statistics.median(run.step_ns) for run in runs if run.step_ns]
+    memories = [run.peak_memory_mib for run in runs if run.peak_memory_mib is not None]
+    losses = runs[0].losses[-tail:]
+    return PrecisionResult(
+        precision=precision,
+        native=native,
+        steps_per_s=statistics.median(per_round) if per_round else None,
+        steps_per_s_min=min(per_round) if per_round else None,
+        steps_per_s_max=max(per_round) if per_round else None,
+        peak_memory_mib=statistics.median(memories) if memories else None,
+        final_loss=sum(losses) / len(losses) if losses else None,
+        rounds=per_round,
+    )
+
+
+def recommend(results: list[PrecisionResult], tolerance: float, min_speedup: float) -> dict[str, str | None]:
+    """The fastest precision within ``tolerance`` loss drift of 32-true that is ``min_speedup`` times as fast as
+    32-true in the median and faster in every round; 32-true otherwise (a precision that is not reliably faster
+    is not worth its numerical risk)."""
+    by_name = {result.precision: result for result in results}
+    baseline = by_name.get(BASELINE)
+    if baseline is None or baseline.steps_per_s is None or baseline.final_loss is None:
+        return {"precision": None, "reason": "32-true did not run, so no drift can be measured"}
+    for result in results:
+        if result.final_loss is not None:
+            scale = max(abs(baseline.final_loss), 1e-12)
+            result.loss_drift = abs(result.final_loss - baseline.final_loss) / scale
+        if result.steps_per_s is not None:
+            result.speedup_vs_32_true = result.steps_per_s / baseline.steps_per_s
+    safe = [
+        r
+        for r in results
+        if r.error is None and r.loss_drift is not None and math.isfinite(r.final_loss or math.nan)
+        if r.loss_drift <= tolerance and r.speedup_vs_32_true is not None
+    ]
+    baseline_max = baseline.steps_per_s_max or baseline.steps_per_s
+    faster = [
+        r
+        for r in safe
+        if r.precision != BASELINE and (r.speedup_vs_32_true or 0) >= min_speedup
+        if (r.steps_per_s_min or 0) > baseline_max
+    ]
+    if not faster:
+        slower = ", ".join(f"{r.precision} {r.speedup_vs_32_true:.2f}x" for r in safe if r.precision != BASELINE)
+        return {
+            "precision": BASELINE,
+            "reason": f"no precision within {tolerance:.0%} loss drift is {min_speedup:.2f}x faster than 32-true"
+            " in the median and faster in every round" + (f" ({slower})" if slower else ""),
+        }
+    best = max(faster, key=lambda r: r.steps_per_s or 0.0)
+    return {
+        "precision": best.precision,
+        "reason": f"{best.speedup_vs_32_true:.2f}x the steps/s of 32-true with {best.loss_drift:.2%} loss drift"
+        f" (tolerance {tolerance:.0%})",
+    }
+
+
+def run_bench(
+    model: str,
+    accelerator_name: str = "auto",
+    steps: int | None = None,
+    warmup: int | None = None,
+    repeats: int = 3,
+    tolerance: float = 0.05,
+    min_speedup: float = 1.05,
+    precisions: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Measure, summarise and recommend; returns the ``--json`` document."""
+    import platform
+
+    import torch
+
+    from prec import __version__
+    from prec.plugins import get_registry
+
+    default_steps, default_warmup = MODEL_DEFAULTS.get(model, (50, 5))
+    steps = default_steps if steps is None else steps
+    warmup = default_warmup if warmup is None else warmup
+    if steps < 2 or warmup < 1 or repeats < 1:
+        raise ConfigurationError(
+            f"--steps must be >= 2, --warmup >= 1, --repeats >= 1; got {steps}, {warmup}, {repeats}."
+        )
+    factory = resolve_model(model)
+    registry = get_registry()
+    accelerator = registry.available_accelerator(accelerator_name) if accelerator_name != "auto" else None
+    accelerator = accelerator or registry.auto_accelerator()
+    available = registry.supported_precisions(accelerator.name)
+    chosen = list(available) if precisions is None else [registry.normalize(name) for name in precisions]
+    missing = [name for name in chosen if name not in available]
+    if missing:
+        raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
+    if BASELINE in chosen:  # the baseline first, then the rest in the registry's order
+        chosen.remove(BASELINE)
+        chosen.insert(0, BASELINE)
+    if threads is not None and threads < 1:
+        raise ConfigurationError(f"--threads must be >= 1; got {threads}.")
+    _build(factory, model, seed)  # a factory that returns the wrong thing fails here, before any measuring
+    runs: dict[str, list[Run]] = {name: [] for name in chosen}
+    errors: dict[str, str] = {}
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(chosen) * repeats + 1, desc=f"prec bench {model}", disable=not progress, file=sys.stderr)
+    try:
+        with contextlib.suppress(Exception):  # first-use costs (kernels, allocator, autograd) land in no row
+            run_once(factory, model, accelerator, chosen[0], 2, 1, seed)
+        bar.update(1)
+        for round_index in range(repeats):
+            shift = round_index % len(chosen)  # rotate the order so no precision always runs first
+            for name in chosen[shift:] + chosen[:shift]:
+                bar.set_postfix_str(name)
+                if name not in errors:
+                    try:
+                        runs[name].append(run_once(factory, model, accelerator, name, steps, warmup, seed))
+                    except Exception as error:  # noqa: BLE001 - one failing precision is a row, not a crash
+                        errors[name] = f"{type(error).__name__}: {error}"
+                bar.update(1)
+    finally:
+        bar.close()
+        torch.set_num_threads(previous_threads)
+    results = []
+    for name in chosen:
+        dtype = _compute_dtype(registry, name, accelerator)
+        native = accelerator.supports_dtype(dtype) if dtype is not None else None
+        result = summarize(name, runs[name], native) if runs[name] else PrecisionResult(name, native=native)
+        result.error = errors.get(name)
+        results.append(result)
+    auto_name, auto_reason = accelerator.auto_precision()
+    return {
+        "model": model,
+        "accelerator": accelerator.name,
+        "device": str(accelerator.get_device(0)),
+        "machine": machine_info(),
+        "versions": {"prec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "tolerance": tolerance,
+        "min_speedup": min_speedup,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "recommendation": recommend(results, tolerance, min_speedup),
+        "auto": {"precision": auto_name, "reason": auto_reason},
+        "results": [asdict(result) for result in results],
+    }
+
+
+def _compute_dtype(registry: Any, name: str, accelerator: Accelerator) -> torch.dtype | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return registry.create_precision(name, accelerator).compute_dtype
+    except Exception:  # noqa: BLE001 - only used for the "native" column
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and the flags that decide 16-bit speed, so results from different machines are not confused."""
+    import platform
+
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or None}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            text = cpuinfo.read()
+        for line in text.splitlines():
+            if line.startswith("model name") and "cpu" not in info:
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "bf16", "fphp")
+                info["flags"] = sorted(flag for flag in wanted if flag in flags)
+                break
+    import os
+
+    info["cpu_count"] = os.cpu_count()
+    return info
+
+
+# -- command --------------------------------------------------------------------------------------------------
+def render(data: dict[str, Any]) -> str:
+    header = ["precision", "native", "steps/s", "min-max", "vs 32-true", "peak MiB", "final loss", "drift"]
+    rows = []
+    for r in data["results"]:
+        if r["error"]:
+            rows.append([r["precision"], _yes(r["native"]), "error", r["error"][:60], "", "", "", ""])
+            continue
+        rows.append(
+            [
+                r["precision"],
+                _yes(r["native"]),
+                _num(r["steps_per_s"], ".1f"),
+                f"{_num(r['steps_per_s_min'], '.1f')}-{_num(r['steps_per_s_max'], '.1f')}",
+                _num(r["speedup_vs_32_true"], ".2f", "x"),
+                _num(r["peak_memory_mib"], ".1f"),
+                _num(r["final_loss"], ".4g"),
+                _num(r["loss_drift"], ".2%"),
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{width}}}" for width in widths)
+    machine = data["machine"]
+    lines = [
+        f"{data['model']} on {data['accelerator']} ({machine.get('cpu', '?')};"
+        f" flags {', '.join(machine.get('flags', []))}; {machine['cpu_count']} cores)",
+        f"{data['steps']} steps after {data['warmup']} warm-up, {data['repeats']} interleaved rounds,"
+        f" {data['threads']} torch threads; medians",
+        "",
+        fmt.format(*header).rstrip(),
+        fmt.format(*("-" * width for width in widths)).rstrip(),
+        *(fmt.format(*row).rstrip() for row in rows),
+        "",
+        f"Recommended: {data['recommendation']['precision']} ({data['recommendation']['reason']})",
+        f"precision='auto' picks {data['auto']['precision']} here: {data['auto']['reason']}",
+    ]
+    return "\n".join(lines)
+
+
+def _yes(value: bool | None) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+@click.command("bench")
+@click.option(
+    "--model",
+    "model",
+    default="mlp-small",
+    show_default=True,
+    help=f"{', '.join(BUILTIN_MODELS)}, or package.module:factory returning (TrainingModule, batches).",
+)
+@click.option("--accelerator", default="auto", show_default=True, help="An installed accelerator name, or auto.")
+@click.option("--precision", "precisions", multiple=True, help="Measure only these (repeatable); default: all.")
+@click.option("--steps", type=int, default=None, help="Timed steps per run (default depends on the model).")
+@click.option("--warmup", type=int, default=None, help="Untimed steps before timing (default depends on the model).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Interleaved rounds per precision.")
+@click.option("--tolerance", type=float, default=0.05, show_default=True, help="Max relative loss drift vs 32-true.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch intra-op threads while measuring (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def bench_command(
+    model: str,
+    accelerator: str,
+    precisions: tuple[str, ...],
+    steps: int | None,
+    warmup: int | None,
+    repeats: int,
+    tolerance: float,
+    seed: int,
+    threads: int | None,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """Measure every precision available here on a model and recommend the fastest numerically safe one."""
+    try:
+        data = run_bench(
+            model,
+            accelerator,
+            steps=steps,
+            warmup=warmup,
+            repeats=repeats,
+            tolerance=tolerance,
+            precisions=precisions or None,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+        )
+    except ConfigurationError as error:
+        raise click.UsageError(str(error)) from error
+    click.echo(json.dumps(data, indent=2) if as_json else render(data))
