@@ -33,14 +33,16 @@ class Trainer:
             or ``None`` (32-true).
         plugins: a configured :class:`prec.Precision` instance to use as is (then leave ``precision`` unset).
         strategy: ``"auto"``, ``"single"`` or a strategy a plugin registered (``"ddp"`` …).
-        max_epochs, max_steps: stop after whichever comes first (``max_steps=-1``: no step limit; with neither
-            set, 1000 epochs).
-        limit_train_batches, limit_val_batches: an int (batches) or a float (fraction) per epoch.
+        max_epochs: stop after this many epochs (with neither this nor ``max_steps`` set, 1000 epochs).
+        max_steps: stop after this many optimizer steps, whichever limit comes first (``-1``: no step limit).
+        limit_train_batches: training batches per epoch: an int (batches) or a float (fraction).
+        limit_val_batches: validation batches per run: an int (batches) or a float (fraction).
         check_val_every_n_epoch: run validation every N training epochs.
         val_check_interval: also validate within an epoch: an int every N training batches, a float every
             that fraction of the epoch (``None``: at the end of the epoch only).
-        gradient_clip_val, gradient_clip_algorithm: clip gradients before each optimizer step (``"norm"``,
-            the default, or ``"value"``), on unscaled gradients under a grad scaler; ``0``/``None``: no clipping.
+        gradient_clip_val: clip gradients before each optimizer step, on unscaled gradients under a grad scaler;
+            ``0``/``None``: no clipping.
+        gradient_clip_algorithm: ``"norm"`` (the default) or ``"value"``.
         accumulate_grad_batches: step the optimizers every N batches; each batch's loss is divided by N.
         logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, or a
             logger instance.

@@ -42,8 +42,9 @@ def check_device_type(device_type: str | None) -> None:
 def to_double(tensor: Tensor) -> Tensor:
     """float16/bfloat16/float32 -> float64 and complex32/complex64 -> complex128; integers and bools untouched.
 
-    ``Module.to(dtype=torch.float64)`` casts only real floating tensors and leaves complex ones at complex64, so
-    a complex model would silently compute half in 32 bit; this cast is what ``convert_module`` applies instead.
+    ``Module.to(dtype=torch.float64)`` would cast complex tensors to float64 and drop their imaginary part (and
+    ``Module.double()`` leaves them at complex64); this cast keeps them complex, as complex128, and is what
+    ``convert_module`` applies instead.
     """
     check_device_type(tensor.device.type)
     if tensor.is_complex():

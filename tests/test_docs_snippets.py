@@ -1,0 +1,281 @@
+"""The documentation cannot rot: every Python block in docs/ runs, the site builds strictly, and the plugin-author
+walk-through works from an empty folder.
+
+Blocks of one page run in order in one namespace, so a later block can use what an earlier one defined. A block
+opts out only with ``<!-- skip-snippet: reason -->`` on the line before it (for what this machine cannot have,
+such as a CUDA device); the reason must be given and the page must say why in its text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import prec
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)(?P<attrs>[^\n`]*)$")
+SKIP = re.compile(r"^\s*<!-- skip-snippet:(?P<reason>.*?)-->\s*$")
+TITLE = re.compile(r'title="(?P<title>[^"]+)"')
+MAX_SKIPPED = 5
+WALKTHROUGH_PREFIX = "prec-nocache/"
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    line: int  # 1-based line of the first code line
+    lang: str
+    code: str
+    title: str | None
+    skip: str | None
+
+
+def parse_blocks(page: Path) -> list[Block]:
+    """Every fenced block of a Markdown page, with its language, title and opt-out marker."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    index = 0
+    while index < len(lines):
+        match = FENCE.match(lines[index])
+        if not match:
+            index += 1
+            continue
+        indent, fence = match["indent"], match["fence"]
+        previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
+        skip = SKIP.match(previous)
+        title = TITLE.search(match["attrs"])
+        body: list[str] = []
+        index += 1
+        start = index + 1
+        while index < len(lines) and lines[index].strip() != fence:
+            line = lines[index]
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
+            index += 1
+        index += 1  # the closing fence
+        blocks.append(
+            Block(
+                page=str(page.relative_to(DOCS)),
+                line=start,
+                lang=match["lang"].lower(),
+                code="\n".join(body) + "\n",
+                title=title["title"] if title else None,
+                skip=skip["reason"].strip() if skip else None,
+            )
+        )
+    return blocks
+
+
+def pages() -> list[Path]:
+    return sorted(path for path in DOCS.rglob("*.md") if "_hooks" not in path.parts)
+
+
+def python_pages() -> list[Path]:
+    return [page for page in pages() if any(block.lang in ("python", "py") for block in parse_blocks(page))]
+
+
+@pytest.fixture
+def clean_prec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Each page runs in an empty working directory with a fresh registry of prec's own plugins only: the docs
+    describe those, and a third-party plugin installed in the same environment must not change what they show."""
+    for name in [name for name in os.environ if name.startswith("PREC_")]:
+        monkeypatch.delenv(name)
+    for name, value in _build_hook().builtin_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    dtype = torch.get_default_dtype()
+    prec.reset_registry()
+    yield
+    prec.reset_registry()
+    assert torch.get_default_dtype() == dtype, "a snippet leaked a default-dtype change"
+
+
+@pytest.mark.parametrize("page", python_pages(), ids=lambda page: str(page.relative_to(DOCS)))
+@pytest.mark.usefixtures("clean_prec")
+def test_python_snippets_run(page: Path) -> None:
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    ran = 0
+    for block in parse_blocks(page):
+        if block.lang not in ("python", "py") or block.skip is not None:
+            continue
+        source = "\n" * (block.line - 1) + block.code  # tracebacks point at the page's own line numbers
+        code = compile(source, f"docs/{block.page}", "exec")
+        with warnings.catch_warnings():
+            # Emulated bfloat16 on CPUs without native support is expected in examples, not a failure.
+            warnings.simplefilter("ignore", prec.PerformanceWarning)
+            try:
+                exec(code, namespace)  # noqa: S102 - running the documentation is the point
+            except BaseException as error:
+                error.add_note(
+                    f"while running the Python block at docs/{block.page}:{block.line}. The blocks of a page run in"
+                    " order in one namespace; a block that cannot run on a CPU-only machine is marked with"
+                    " <!-- skip-snippet: reason --> on the line before its fence."
+                )
+                raise
+        ran += 1
+    assert ran, f"{page} has Python blocks but none ran"
+
+
+def test_skipped_snippets_are_few_and_explained() -> None:
+    skipped = [block for page in pages() for block in parse_blocks(page) if block.skip is not None]
+    assert len(skipped) <= MAX_SKIPPED, [f"{b.page}:{b.line}" for b in skipped]
+    for block in skipped:
+        assert block.skip, f"docs/{block.page}:{block.line}: skip-snippet needs a reason"
+        assert block.lang in ("python", "py"), f"docs/{block.page}:{block.line}: only Python blocks run or skip"
+
+
+def test_every_python_block_parses() -> None:
+    """Skipped blocks too: a block that cannot run here must at least be valid Python."""
+    for page in pages():
+        for block in parse_blocks(page):
+            if block.lang in ("python", "py"):
+                compile(block.code, f"docs/{block.page}:{block.line}", "exec")
+
+
+# -- the plugin-author walk-through ------------------------------------------------------------------------------
+def walkthrough_files() -> dict[str, str]:
+    blocks = parse_blocks(DOCS / "plugins.md")
+    return {b.title: b.code for b in blocks if b.title and b.title.startswith(WALKTHROUGH_PREFIX)}
+
+
+def test_walkthrough_shows_a_complete_package() -> None:
+    files = walkthrough_files()
+    assert set(files) >= {
+        "prec-nocache/pyproject.toml",
+        "prec-nocache/src/prec_nocache/__init__.py",
+        "prec-nocache/tests/test_conformance.py",
+    }
+
+
+@pytest.mark.slow
+def test_walkthrough_from_empty_folder_to_prec_list(tmp_path: Path) -> None:
+    """Write exactly the files the guide shows, install them as a user would, and ask ``prec list``."""
+    if importlib.util.find_spec("hatchling") is None:
+        pytest.skip("hatchling (the walk-through's build backend) is not installed in this environment")
+    from prec.testing import Sandbox
+
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for relative, text in walkthrough_files().items():
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    project = folder / "prec-nocache"
+
+    sandbox = Sandbox.create(tmp_path / "venv")
+    sandbox.install(project)
+    listed = sandbox.prec("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    plugin = next((p for p in data["plugins"] if p["name"] == "nocache"), None)
+    assert plugin is not None, [p["name"] for p in data["plugins"]]
+    assert (plugin["status"], plugin["distribution"]) == ("ok", "prec-nocache")
+    assert data["matrix"]["bf16-mixed-nocache"] == ["cpu"]
+
+    table = sandbox.prec("list")
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^bf16-mixed-nocache\s", table.stdout, re.MULTILINE), table.stdout
+
+    tests = sandbox.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=str(project))
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+# -- the site ---------------------------------------------------------------------------------------------------
+def _docs_tooling_missing() -> str | None:
+    missing = [name for name in ("mkdocs", "material", "mkdocstrings_handlers.python") if not _importable(name)]
+    return (
+        f"docs tooling not installed here ({', '.join(missing)}); run it in the docs environment" if missing else None
+    )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    reason = _docs_tooling_missing()
+    if reason:
+        pytest.skip(reason)
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    html = {path.relative_to(site).as_posix(): path.read_text(encoding="utf-8") for path in site.rglob("*.html")}
+    failed = ("<!-- prec:", "generated content", "output unavailable")
+    leftovers = [name for name, text in html.items() if any(mark in text for mark in failed)]
+    assert not leftovers, f"unreplaced or failed markers in {leftovers}"
+    precision_page = html["precision/index.html"]
+    for name in prec.get_registry().matrix():
+        assert f"<code>{name}</code>" in precision_page, name
+    assert "prec_register_precisions" in html["plugins/index.html"]
+    assert "PREC_TRACE_PLUGINS" in html["plugins/index.html"]
+
+
+# -- generated content ------------------------------------------------------------------------------------------
+def _build_hook():
+    spec = importlib.util.spec_from_file_location("prec_docs_hook", DOCS / "_hooks" / "prec_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The support table of the N-bit precision reference, which the built-in plugins must reproduce.
+REFERENCE_TABLE = {
+    "16-mixed": {"cpu": False, "cuda": True, "xla": False},
+    "bf16-mixed": {"cpu": True, "cuda": True, "xla": True},
+    "32-true": {"cpu": True, "cuda": True, "xla": True},
+    "64-true": {"cpu": True, "cuda": True, "xla": False},
+}
+
+
+@pytest.mark.usefixtures("clean_prec")
+def test_generated_support_table_agrees_with_the_reference() -> None:
+    table = _build_hook().support_table()
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| `")]
+    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
+    columns = [re.match(r"`([^`]+)`", cell)[1] if cell.startswith("`") else cell for cell in header]
+    cells = {
+        row[0].strip().strip("`"): dict(zip(columns[1:], (c.strip() for c in row[1:]), strict=True)) for row in rows
+    }
+    for name, expected in REFERENCE_TABLE.items():
+        for accelerator, supported in expected.items():
+            cell = cells[name][accelerator]
+            if supported:
+                assert cell.startswith(("yes", "with `prec-")), (name, accelerator, cell)
+            else:
+                assert cell.startswith("no"), (name, accelerator, cell)
+    for name, accelerators in prec.get_registry().matrix().items():
+        for accelerator in accelerators:
+            assert cells[name][accelerator].startswith("yes"), (name, accelerator)
+
+
+def test_generated_hookspecs_cover_every_hook() -> None:
+    from prec.plugins import HOOK_ORDER
+
+    text = _build_hook().hookspecs_markdown()
+    for hook in HOOK_ORDER:
+        assert f"### `{hook}`" in text
+    assert ":class:" not in text and not re.search(r"(?<!`)``(?!`)", text), "reStructuredText left in the output"
