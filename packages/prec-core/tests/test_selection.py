@@ -194,3 +194,20 @@ def test_trainer_exposes_the_selection() -> None:
     assert trainer.accelerator.name == "cpu"
     assert isinstance(trainer.precision_plugin, prec.TruePrecision)
     assert trainer.global_step == 0 and trainer.current_epoch == 0 and trainer.callback_metrics == {}
+
+
+@pytest.mark.parametrize(("alias", "name"), [("gpu", "cuda"), ("tpu", "xla"), ("CPU", "cpu"), ("cuda", "cuda")])
+def test_accelerator_aliases_resolve_to_the_registered_name(alias: str, name: str) -> None:
+    assert prec.get_registry().canonical_accelerator(alias) == name
+
+
+@pytest.mark.parametrize("alias", ["gpu", "tpu"])
+def test_an_alias_of_an_installed_but_unavailable_accelerator_says_why(alias: str) -> None:
+    registry = prec.get_registry()
+    canonical = registry.canonical_accelerator(alias)
+    if canonical not in registry.accelerators:
+        pytest.skip(f"the plugin for {canonical} is not installed here")
+    if registry.accelerator(canonical).availability():
+        pytest.skip(f"{canonical} is available on this machine")
+    with pytest.raises(prec.AcceleratorUnavailableError, match=f"accelerator='{alias}' is installed but not available"):
+        prec.Trainer(accelerator=alias)
