@@ -31,7 +31,7 @@ from prec.progress import ProgressBar
 if TYPE_CHECKING:
     from prec.trainer import Trainer
 
-__all__ = ["ManualOptimizer", "run_evaluation", "run_fit", "run_predict", "setup_model", "teardown_run"]
+__all__ = ["ManualOptimizer", "run_fit", "setup_model", "teardown_run"]
 
 
 # -- set up and tear down ------------------------------------------------------------------------------------
@@ -147,7 +147,9 @@ def run_fit(
     metrics = trainer._metrics
     validate = None
     if val_loader is not None:
-        validate = partial(_evaluate, trainer, model, val_loader, "validate", torch.no_grad)
+        from prec.evaluation import evaluate
+
+        validate = partial(evaluate, trainer, model, val_loader, "validate", torch.no_grad)
     try:
         while not _done(trainer):
             model.train()
@@ -410,60 +412,3 @@ def _val_interval(interval: int | float | None, total: float) -> int:
             raise ConfigurationError("a fractional val_check_interval needs a training dataloader with a length.")
         return max(1, int(total * interval)) if interval < 1.0 else 0
     return interval
-
-
-# -- evaluation --------------------------------------------------------------------------------------------
-def run_evaluation(trainer: Trainer, model: TrainingModule, loader: Iterable[Any], stage: str) -> dict[str, float]:
-    trainer._metrics.reset()
-    return _evaluate(trainer, model, trainer.strategy.setup_dataloader(loader), stage, torch.inference_mode)
-
-
-def _evaluate(
-    trainer: Trainer, model: TrainingModule, loader: Iterable[Any], stage: str, grad_mode: Callable[[], Any]
-) -> dict[str, float]:
-    """Run ``*_step`` over ``loader`` under ``grad_mode`` and the precision's forward context; within ``fit`` the
-    training epoch's logged values are set aside so validation means only its own."""
-    prefix = "validation" if stage == "validate" else "test"
-    epoch_start = hook_callers(trainer, model, f"on_{prefix}_epoch_start")
-    epoch_end = hook_callers(trainer, model, f"on_{prefix}_epoch_end")
-    start = hook_callers(trainer, model, "on_validation_start") if stage == "validate" else []
-    end = hook_callers(trainer, model, "on_validation_end") if stage == "validate" else []
-    step = trainer.strategy.step_function(trainer._wrapped_model, model, f"{prefix}_step")
-    precision = trainer.precision_plugin
-    metrics = trainer._metrics
-    was_training = metrics.training
-    metrics.training = False
-    saved = metrics.begin_evaluation()
-    limit = limit_batches(trainer.limit_val_batches if stage == "validate" else None, loader)
-    model.eval()
-    try:
-        call(start)
-        call(epoch_start)
-        with grad_mode():
-            for batch_idx, batch in enumerate(loader):
-                if batch_idx >= limit:
-                    break
-                batch = precision.convert_input(trainer.strategy.batch_to_device(batch))
-                with precision.forward_context():
-                    step(batch, batch_idx)
-        call(epoch_end)
-        results = metrics.end_epoch()
-        log_results(trainer, results)
-        call(end)
-    finally:
-        metrics.training = was_training
-        metrics.end_evaluation(saved)
-    return {name: float(value) for name, value in results.items()}
-
-
-def run_predict(trainer: Trainer, model: TrainingModule, loader: Iterable[Any]) -> list[Any]:
-    step = trainer.strategy.step_function(trainer._wrapped_model, model, "predict_step")
-    precision = trainer.precision_plugin
-    outputs: list[Any] = []
-    model.eval()
-    with torch.inference_mode():
-        for batch_idx, batch in enumerate(trainer.strategy.setup_dataloader(loader)):
-            batch = precision.convert_input(trainer.strategy.batch_to_device(batch))
-            with precision.forward_context():
-                outputs.append(precision.convert_output(step(batch, batch_idx)))
-    return outputs

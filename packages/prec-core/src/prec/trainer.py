@@ -292,7 +292,7 @@ class Trainer:
         return self.strategy.launch(self._run_stage, stage, model, *loaders)
 
     def _run_stage(self, stage: str, model: TrainingModule, *loaders: Any) -> Any:
-        from prec import loops
+        from prec import evaluation, loops
 
         self.state = stage
         self.model = model
@@ -304,8 +304,8 @@ class Trainer:
             if stage == "fit":
                 return loops.run_fit(self, model, *loaders)
             if stage == "predict":
-                return loops.run_predict(self, model, *loaders)
-            return loops.run_evaluation(self, model, *loaders, stage)
+                return evaluation.run_predict(self, model, *loaders)
+            return evaluation.run_evaluation(self, model, *loaders, stage)
         except BaseException as exception:
             for callback in self.callbacks:
                 callback.on_exception(self, model, exception)
