@@ -56,7 +56,16 @@ def run_raw(precision: str, sizes: Sequence[int], batches: list[Any], clock: Ste
 def run_prec(precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool) -> None:
     import prec
 
-    class Model(prec.TrainingModule):
+    Model = _model_class(prec.TrainingModule, sizes, clock, log)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = prec.Trainer(**_prec_options(precision, len(batches), root))
+        trainer.fit(Model(), Batches(batches))
+
+
+def _model_class(base: type, sizes: Sequence[int], clock: StepClock, log: bool) -> type:
+    """The same module for every framework (``base`` is its module class), so each runs identical work."""
+
+    class Model(base):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:
             super().__init__()
             self.net = build_net(sizes)
@@ -72,9 +81,7 @@ def run_prec(precision: str, sizes: Sequence[int], batches: list[Any], clock: St
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=LR)
 
-    with tempfile.TemporaryDirectory() as root:
-        trainer = prec.Trainer(**_prec_options(precision, len(batches), root))
-        trainer.fit(Model(), Batches(batches))
+    return Model
 
 
 def _prec_options(precision: str, steps: int, root: str) -> dict[str, Any]:
@@ -99,21 +106,7 @@ def _prec_options(precision: str, steps: int, root: str) -> dict[str, Any]:
 def run_lightning(precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool) -> None:
     import lightning as L
 
-    class Model(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = build_net(sizes)
-            self.__dict__["tick"] = clock.tick
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            self.tick()
-            loss = loss_of(self.net, batch)
-            if log:
-                self.log("loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=LR)
+    Model = _model_class(L.LightningModule, sizes, clock, log)
 
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
