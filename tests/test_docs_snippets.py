@@ -16,8 +16,9 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,56 +27,25 @@ import prec
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)(?P<attrs>[^\n`]*)$")
-SKIP = re.compile(r"^\s*<!-- skip-snippet:(?P<reason>.*?)-->\s*$")
-TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 MAX_SKIPPED = 5
 WALKTHROUGH_PREFIX = "prec-nocache/"
 
 
-@dataclass(frozen=True)
-class Block:
-    page: str
-    line: int  # 1-based line of the first code line
-    lang: str
-    code: str
-    title: str | None
-    skip: str | None
+def _hook(name: str) -> Any:
+    """A build hook of docs/_hooks as a module (MkDocs loads hooks by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location(f"prec_docs_hook_{name}", DOCS / "_hooks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
-def parse_blocks(page: Path) -> list[Block]:
-    """Every fenced block of a Markdown page, with its language, title and opt-out marker."""
+def parse_blocks(page: Path) -> list[Any]:
+    """Every fenced block of a Markdown page, parsed as the build hook parses it (``snippet_output.Block``)."""
     lines = page.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    index = 0
-    while index < len(lines):
-        match = FENCE.match(lines[index])
-        if not match:
-            index += 1
-            continue
-        indent, fence = match["indent"], match["fence"]
-        previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
-        skip = SKIP.match(previous)
-        title = TITLE.search(match["attrs"])
-        body: list[str] = []
-        index += 1
-        start = index + 1
-        while index < len(lines) and lines[index].strip() != fence:
-            line = lines[index]
-            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
-            index += 1
-        index += 1  # the closing fence
-        blocks.append(
-            Block(
-                page=str(page.relative_to(DOCS)),
-                line=start,
-                lang=match["lang"].lower(),
-                code="\n".join(body) + "\n",
-                title=title["title"] if title else None,
-                skip=skip["reason"].strip() if skip else None,
-            )
-        )
-    return blocks
+    name = str(page.relative_to(DOCS))
+    return [replace(block, page=name) for block in _hook("snippet_output").parse_blocks(lines)]
 
 
 def pages() -> list[Path]:
@@ -234,12 +204,8 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
 
 
 # -- generated content ------------------------------------------------------------------------------------------
-def _build_hook():
-    spec = importlib.util.spec_from_file_location("prec_docs_hook", DOCS / "_hooks" / "prec_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _build_hook() -> Any:
+    return _hook("prec_docs")
 
 
 # The support table of the N-bit precision reference, which the built-in plugins must reproduce.

@@ -15,14 +15,16 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("mkdocs.plugins.prec_snippet_output")
 
 OUTPUT_MARKER = "<!-- prec:output -->"
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)")
-SKIP = re.compile(r"^\s*<!-- skip-snippet:.*-->\s*$")
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<lang>[\w+-]*)(?P<attrs>[^\n`]*)$")
+SKIP = re.compile(r"^\s*<!-- skip-snippet:(?P<reason>.*?)-->\s*$")
+TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 SENTINEL = "----- prec docs block {index} -----"
 
 
@@ -52,25 +54,59 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return "\n".join(result) + "\n"
 
 
-def _python_blocks(lines: list[str]) -> list[tuple[int, str]]:
-    blocks: list[tuple[int, str]] = []
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of a Markdown page (this hook and the documentation tests read pages the same way)."""
+
+    line: int  # 1-based line of the first code line
+    end: int  # 0-based index of the closing fence line
+    lang: str
+    code: str
+    title: str | None
+    skip: str | None  # the reason of a ``<!-- skip-snippet: reason -->`` on the line before, if any
+    page: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.lang in ("python", "py") and self.skip is None
+
+
+def parse_blocks(lines: list[str]) -> list[Block]:
+    """Every fenced block of a page's lines, with its language, title and opt-out marker."""
+    blocks: list[Block] = []
     index = 0
     while index < len(lines):
         match = FENCE.match(lines[index])
         if not match:
             index += 1
             continue
-        indent, fence, lang = match["indent"], match["fence"], match["lang"].lower()
+        indent, fence = match["indent"], match["fence"]
         previous = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
+        skip = SKIP.match(previous)
+        title = TITLE.search(match["attrs"])
         body: list[str] = []
         index += 1
+        start = index + 1
         while index < len(lines) and lines[index].strip() != fence:
-            body.append(lines[index][len(indent) :] if lines[index].startswith(indent) else lines[index].lstrip())
+            line = lines[index]
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
             index += 1
-        if lang in ("python", "py") and not SKIP.match(previous):
-            blocks.append((index, "\n".join(body) + "\n"))
-        index += 1
+        blocks.append(
+            Block(
+                line=start,
+                end=index,
+                lang=match["lang"].lower(),
+                code="\n".join(body) + "\n",
+                title=title["title"] if title else None,
+                skip=skip["reason"].strip() if skip else None,
+            )
+        )
+        index += 1  # the closing fence
     return blocks
+
+
+def _python_blocks(lines: list[str]) -> list[tuple[int, str]]:
+    return [(block.end, block.code) for block in parse_blocks(lines) if block.runs]
 
 
 def _sibling(name: str) -> Any:
