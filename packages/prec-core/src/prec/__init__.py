@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from prec._warnings import warn
 from prec.errors import (
     AcceleratorUnavailableError,
     CheckpointError,
@@ -23,7 +24,8 @@ from prec.errors import (
     UnknownStrategyError,
     UnsupportedPrecisionError,
 )
-from prec.hookspecs import hookimpl
+from prec.hookspecs import RegisterAccelerator, RegisterPrecision, RegisterStrategy, hookimpl
+from prec.options import Option, check_options
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator, Availability
@@ -98,11 +100,15 @@ __all__ = [
     "LegacyPrecisionWarning",
     "MixedPrecision",
     "ModelCheckpoint",
+    "Option",
     "PerformanceWarning",
     "PluginError",
     "PluginWarning",
     "PrecWarning",
     "Precision",
+    "RegisterAccelerator",
+    "RegisterPrecision",
+    "RegisterStrategy",
     "Strategy",
     "Trainer",
     "TrainingModule",
@@ -112,10 +118,12 @@ __all__ = [
     "UnknownStrategyError",
     "UnsupportedPrecisionError",
     "__version__",
+    "check_options",
     "get_precision",
     "get_registry",
     "hookimpl",
     "register_plugin",
     "reset_registry",
     "unregister_plugin",
+    "warn",
 ]
