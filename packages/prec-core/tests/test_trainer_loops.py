@@ -70,7 +70,7 @@ class Recorder(prec.TrainingModule):
         return self._record("predict", batch)
 
     def on_validation_epoch_start(self) -> None:
-        self.validation_at.append((self.trainer.current_epoch, self.trainer._batches_seen))
+        self.validation_at.append((self.trainer.current_epoch, self.trainer.state.batches_seen))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)

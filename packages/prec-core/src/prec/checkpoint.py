@@ -110,12 +110,7 @@ def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
         "optimizer_states": [trainer.strategy.optimizer_state_dict(optimizer) for optimizer in trainer.optimizers],
         "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         "precision_state": precision.state_dict(),
-        "loops": {
-            "epoch": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "batches_seen": trainer._batches_seen,
-            "epoch_start_rng": trainer._epoch_start_rng,
-        },
+        "loops": trainer.state.loop_state(),
         "rng": capture_rng(),
         "callbacks": {callback.state_key: callback.state_dict() for callback in trainer.callbacks},
     }
@@ -157,14 +152,7 @@ def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.Path
     if stage == "fit":
         _load_optimizers(trainer, checkpoint, path)
         _load_precision_state(trainer, checkpoint.get("precision_state", {}), path, saved_precision)
-        loops = checkpoint.get("loops", {})
-        trainer.current_epoch = int(loops.get("epoch", 0))
-        trainer.global_step = int(loops.get("global_step", 0))
-        trainer._resume = {
-            "batches_seen": int(loops.get("batches_seen", 0)),
-            "epoch_start_rng": loops.get("epoch_start_rng"),
-            "rng": checkpoint.get("rng"),
-        }
+        trainer.state.restore_loop_state(checkpoint.get("loops", {}), checkpoint.get("rng"))
         states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:
             if callback.state_key in states:
@@ -241,12 +229,11 @@ def _load_precision_state(trainer: Trainer, saved: dict[str, Any], path: Path, s
             f" {precision.name!r} has no grad scaler: the scaler state is dropped.",
             PrecWarning,
         )
-        saved = {key: value for key, value in saved.items() if key not in ("scaler", "skipped_steps")}
+        saved = {key: value for key, value in saved.items() if key != "scaler"}
     elif has_scaler and "scaler" not in saved:
         warn(
             f"checkpoint {path.name} from {saved_precision!r} has no grad scaler state: {precision.name!r} starts"
             " a fresh grad scaler.",
             PrecWarning,
         )
-        return
     precision.load_state_dict(saved)

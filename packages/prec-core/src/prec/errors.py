@@ -40,6 +40,12 @@ class PluginError(RuntimeError):
     """A plugin failed to load or broke the registry rules (raised only under ``PREC_STRICT_PLUGINS=1``)."""
 
 
+class NonFiniteError(FloatingPointError):
+    """Training met inf/NaN gradients it must not step on: under ``Trainer(nonfinite="raise")`` at the first one,
+    under the default ``"skip"`` after ``NonFinitePolicy.raise_after`` consecutive skipped steps. The message names
+    the optimizer step, the loss scale (under a grad scaler) and the parameters whose gradients were non-finite."""
+
+
 class PrecWarning(UserWarning):
     """Base class of every warning prec emits."""
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def run_evaluation(trainer: Trainer, model: TrainingModule, loader: Iterable[Any], stage: str) -> dict[str, float]:
-    trainer._metrics.reset()
+    trainer.state.metrics.reset()
     return evaluate(trainer, model, trainer.strategy.setup_dataloader(loader), stage, torch.inference_mode)
 
 
@@ -30,9 +30,9 @@ def evaluate(
     epoch_end = hook_callers(trainer, model, f"on_{prefix}_epoch_end")
     start = hook_callers(trainer, model, "on_validation_start") if stage == "validate" else []
     end = hook_callers(trainer, model, "on_validation_end") if stage == "validate" else []
-    step = trainer.strategy.step_function(trainer._wrapped_model, model, f"{prefix}_step")
+    step = trainer.strategy.step_function(trainer.state.wrapped_model, model, f"{prefix}_step")
     precision = trainer.precision_plugin
-    metrics = trainer._metrics
+    metrics = trainer.state.metrics
     was_training = metrics.training
     metrics.training = False
     saved = metrics.begin_evaluation()
@@ -59,7 +59,7 @@ def evaluate(
 
 
 def run_predict(trainer: Trainer, model: TrainingModule, loader: Iterable[Any]) -> list[Any]:
-    step = trainer.strategy.step_function(trainer._wrapped_model, model, "predict_step")
+    step = trainer.strategy.step_function(trainer.state.wrapped_model, model, "predict_step")
     precision = trainer.precision_plugin
     outputs: list[Any] = []
     model.eval()

@@ -152,7 +152,7 @@ def record_precision_metrics(trainer: Trainer) -> None:
     runs at log flushes, progress-bar refreshes and epoch ends, never per step."""
     values = trainer.precision_plugin.metrics()
     if values:
-        trainer._metrics.record(values, prog_bar=True)
+        trainer.state.metrics.record(values, prog_bar=True)
 
 
 def flush_logs(trainer: Trainer, training: bool) -> None:
@@ -162,8 +162,8 @@ def flush_logs(trainer: Trainer, training: bool) -> None:
     logger = trainer.logger
     if logger is None:
         return
-    if trainer._metrics.pending and trainer.strategy.is_global_zero:
-        logger.log_row(trainer._metrics.take_pending(), max(trainer.global_step - 1, 0), trainer.current_epoch)
+    if trainer.state.metrics.pending and trainer.strategy.is_global_zero:
+        logger.log_row(trainer.state.metrics.take_pending(), max(trainer.global_step - 1, 0), trainer.current_epoch)
     logger.flush()
 
 
@@ -171,6 +171,6 @@ def log_results(trainer: Trainer, results: dict[str, Any]) -> None:
     """One metrics-file row for epoch-level results (and anything still pending)."""
     logger = trainer.logger
     if logger is not None and trainer.strategy.is_global_zero:
-        row = {**trainer._metrics.take_pending(), **results}
+        row = {**trainer.state.metrics.take_pending(), **results}
         if row:
             logger.log_row(row, max(trainer.global_step - 1, 0), trainer.current_epoch)

@@ -1,4 +1,4 @@
-"""The loops behind ``fit``, ``validate``, ``test`` and ``predict``.
+"""The training loop behind ``fit`` (evaluation loops: :mod:`prec.evaluation`).
 
 The training step is the hot path: hooks nobody overrode are never called, precision and strategy methods are
 bound once per run, and nothing touches ``nn.Module.__setattr__`` or syncs with the device per step.
@@ -25,7 +25,6 @@ from prec.loggers import flush_logs, log_results, record_precision_metrics
 from prec.module import TrainingModule
 from prec.optim import ManualOptimizer, parse_optimizers
 from prec.optim import step_schedulers as _step_schedulers
-from prec.precision import MixedPrecision, Precision
 from prec.progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -40,17 +39,20 @@ def setup_model(trainer: Trainer, model: TrainingModule, stage: str) -> None:
     validate/test/predict, the weights of ``ckpt_path``."""
     if trainer.logger is not None:
         trainer.logger.setup(trainer.default_root_dir, trainer.strategy.is_global_zero)
+    precision = trainer.precision_plugin
+    precision.setup()
     with trainer.init_module():
         model.configure_model()
-    precision = trainer.precision_plugin
     precision.convert_module(model)
     precision.setup_module(model)
-    trainer._wrapped_model = trainer.strategy.setup_module(model)
+    precision.guard.watch(model)
+    precision.guard.step_source = lambda: trainer.global_step
+    trainer.state.wrapped_model = trainer.strategy.setup_module(model)
     for callback in trainer.callbacks:
         callback.setup(trainer, model, stage)
     model.setup(stage)
-    if stage != "fit" and trainer._ckpt_path is not None:
-        load_checkpoint(trainer, model, trainer._ckpt_path, stage)
+    if stage != "fit" and trainer.state.ckpt_path is not None:
+        load_checkpoint(trainer, model, trainer.state.ckpt_path, stage)
 
 
 def teardown_run(trainer: Trainer, model: TrainingModule, stage: str) -> None:
@@ -67,8 +69,7 @@ def teardown_run(trainer: Trainer, model: TrainingModule, stage: str) -> None:
             step()
         except Exception as error:  # noqa: BLE001 - finish tearing down, then report
             errors.append(error)
-    trainer.state = "finished"
-    trainer._resume = None  # a checkpoint's loop state applies to the run that loaded it only
+    trainer.state.finish()
     if errors:
         raise errors[0]
 
@@ -131,20 +132,21 @@ def run_fit(
                 )
     for optimizer in optimizers:
         trainer.precision_plugin.setup_optimizer(optimizer)
-    trainer.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
-    trainer.lr_scheduler_configs = schedulers
+    state = trainer.state
+    state.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
+    state.lr_scheduler_configs = schedulers
     train_loader = trainer.strategy.setup_dataloader(train_loader)
     if val_loader is not None:
         val_loader = trainer.strategy.setup_dataloader(val_loader)
-    if trainer._ckpt_path is not None:
-        load_checkpoint(trainer, model, trainer._ckpt_path, "fit")
+    if state.ckpt_path is not None:
+        load_checkpoint(trainer, model, state.ckpt_path, "fit")
 
     hooks = {name: hook_callers(trainer, model, name) for name in _FIT_HOOKS}
     _announce_auto_precision(trainer)
     call(hooks["on_fit_start"])
     call(hooks["on_train_start"])
     loop = _TrainingEpoch(trainer, model, hooks)
-    metrics = trainer._metrics
+    metrics = state.metrics
     validate = None
     if val_loader is not None:
         from prec.evaluation import evaluate
@@ -172,8 +174,8 @@ def run_fit(
                 loop.logger.flush()
             if not loop.manual:  # manual optimization steps its schedulers itself, as in Lightning
                 _step_schedulers(trainer, "epoch")
-            trainer.current_epoch += 1
-            trainer._batches_seen = 0
+            state.current_epoch += 1
+            state.batches_seen = 0
             call(hooks["on_train_epoch_completed"])
     finally:
         loop.close()
@@ -223,17 +225,18 @@ class _TrainingEpoch:
         self.stopped_early = False
         self.warned_none = False
         strategy = trainer.strategy
-        self.step = strategy.step_function(trainer._wrapped_model, model, "training_step")
+        self.step = strategy.step_function(trainer.state.wrapped_model, model, "training_step")
         self.to_device = None if strategy.root_device.type == "cpu" else strategy.batch_to_device
         self.manual = not model.automatic_optimization
         self.clip_val = trainer.gradient_clip_val
         self.clip_algorithm = trainer.gradient_clip_algorithm or "norm"
         # Reading the loss scale syncs with the device: only at flushes, refreshes and epoch ends.
-        self.precision_metrics = bool(trainer.precision_plugin.metrics())
+        precision = trainer.precision_plugin
+        self.precision_metrics = precision.guard.active or bool(precision.metrics())
         self.logger = trainer.logger if strategy.is_global_zero else None
         refresh = partial(record_precision_metrics, trainer) if self.precision_metrics else None
         self.progress = ProgressBar(
-            trainer.enable_progress_bar and strategy.is_global_zero, trainer._metrics, on_refresh=refresh
+            trainer.enable_progress_bar and strategy.is_global_zero, trainer.state.metrics, on_refresh=refresh
         )
 
     def close(self) -> None:
@@ -242,16 +245,16 @@ class _TrainingEpoch:
     def start_epoch(self, loader: Iterable[Any]) -> tuple[Iterator[Any], int]:
         """The epoch's batch iterator and the index of its first batch (after a mid-epoch resume: the batches
         the checkpoint had seen are fetched again from the same RNG state and dropped)."""
-        trainer = self.trainer
-        resume, trainer._resume = trainer._resume, None
+        state = self.trainer.state
+        resume = state.take_resume_point()
         if resume is None:
-            trainer._epoch_start_rng = capture_rng()
+            state.epoch_start_rng = capture_rng()
             return iter(loader), 0
-        seen, epoch_rng, rng = resume["batches_seen"], resume["epoch_start_rng"], resume["rng"]
+        seen, epoch_rng, rng = resume.batches_seen, resume.epoch_start_rng, resume.rng
         if seen:
             if epoch_rng is not None:
                 restore_rng(epoch_rng)
-            trainer._epoch_start_rng = epoch_rng
+            state.epoch_start_rng = epoch_rng
             iterator = iter(loader)
             for _ in itertools.islice(iterator, seen):
                 pass
@@ -260,19 +263,21 @@ class _TrainingEpoch:
             return iterator, seen
         if rng is not None:
             restore_rng(rng)
-        trainer._epoch_start_rng = capture_rng()
+        state.epoch_start_rng = capture_rng()
         return iter(loader), 0
 
     def run(self, loader: Iterable[Any], validate: Callable[[], Any] | None = None) -> None:
         trainer, model, hooks = self.trainer, self.model, self.hooks
         precision = trainer.precision_plugin
-        metrics = trainer._metrics
-        # Fast paths chosen once per epoch: what the precision leaves as the 32-true no-op is not called per step.
-        kind = type(precision)
-        convert_input = None if kind.convert_input is Precision.convert_input else precision.convert_input
-        forward_context = None if kind.forward_context is Precision.forward_context else precision.forward_context
-        backward = None if kind.backward is Precision.backward else precision.backward
+        state = trainer.state
+        metrics = state.metrics
+        # Fast paths chosen once per epoch: what the precision declares as the 32-true no-op is not called per step.
+        passthrough = precision.passthrough
+        convert_input = None if "convert_input" in passthrough else precision.convert_input
+        forward_context = None if "forward_context" in passthrough else precision.forward_context
+        backward = None if "backward" in passthrough else precision.backward
         plain_step = self.plain_optimizer_step()
+        zero_grad = trainer.optimizers[0].zero_grad if plain_step is not None else None
         advance = self.progress.advance if self.progress.enabled else None
         to_device, step, manual = self.to_device, self.step, self.manual
         batch_start, batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
@@ -307,7 +312,7 @@ class _TrainingEpoch:
             stepped = manual  # manual optimization: each training_step is one step of the loop
             if manual:
                 precision.update_scaler()  # once per training_step, after the user's opt.step() calls
-                trainer._manual_stepped.clear()
+                state.manual_stepped.clear()
             else:
                 loss = output if type(output) is Tensor else extract_loss(output)
                 if loss is None:
@@ -328,17 +333,17 @@ class _TrainingEpoch:
                     if plain_step is None:
                         self.optimizer_step()
                     else:
-                        plain_step.step()
-                        plain_step.zero_grad(set_to_none=True)
+                        plain_step()
+                        zero_grad(set_to_none=True)
                     pending_grads = False
                     stepped = True
-            trainer._batches_seen = batch_idx + 1
+            state.batches_seen = batch_idx + 1
             if append_row is not None and metrics.pending:
                 append_row((trainer.global_step, epoch, metrics.take_pending()))
             # global_step counts optimizer steps: a window whose training_steps all returned None is no step,
             # and must not consult a stale "skipped" flag for the LR schedulers.
             if boundary and stepped:
-                trainer.global_step += 1
+                state.global_step += 1
                 if has_step_schedulers:
                     _step_schedulers(trainer, "step")
                 if flush_every and trainer.global_step % flush_every == 0:
@@ -357,21 +362,19 @@ class _TrainingEpoch:
             if trainer.should_stop:
                 break
 
-    def plain_optimizer_step(self) -> torch.optim.Optimizer | None:
-        """The optimizer to step inline when nothing sits between backward and step: one optimizer, no hooks,
-        no clipping, no grad scaler and a precision whose step is the plain one."""
+    def plain_optimizer_step(self) -> Callable[..., Any] | None:
+        """What to call inline when nothing sits between backward and step (one optimizer, no hooks, no clipping,
+        no grad scaler): the precision's ``optimizer_step`` for that optimizer (the non-finite guard lives there)."""
         trainer, precision = self.trainer, self.trainer.precision_plugin
-        plain = type(precision).optimizer_step in (Precision.optimizer_step, MixedPrecision.optimizer_step)
         if (
             len(trainer.optimizers) != 1
-            or not plain
-            or getattr(precision, "scaler", None) is not None
+            or precision.scaler is not None
             or self.clip_val is not None
             or self.hooks["on_before_optimizer_step"]
             or self.hooks["on_before_zero_grad"]
         ):
             return None
-        return trainer.optimizers[0]
+        return partial(precision.optimizer_step, trainer.optimizers[0])
 
     def optimizer_step(self) -> None:
         trainer = self.trainer

@@ -119,7 +119,7 @@ class TrainingModule(torch.nn.Module):
         """Record a metric: it appears in ``trainer.callback_metrics``, the metrics file and (``prog_bar``) the
         progress bar. In training steps ``on_step`` defaults to True and ``on_epoch`` to False; in evaluation
         the other way round. Costs a dictionary write: nothing is synchronised with the device here."""
-        self.__dict__["_prec_trainer"]._metrics.log(name, value, prog_bar, on_step, on_epoch, logger)
+        self.__dict__["_prec_trainer"].state.metrics.log(name, value, prog_bar, on_step, on_epoch, logger)
 
     def log_dict(self, metrics: Mapping[str, Tensor | float | int], **kwargs: Any) -> None:
         for name, value in metrics.items():
@@ -127,7 +127,7 @@ class TrainingModule(torch.nn.Module):
 
     def optimizers(self) -> Any:
         """The optimizers from ``configure_optimizers`` (one, or a list), wrapped for manual optimization."""
-        optimizers = self.trainer._manual_optimizers()
+        optimizers = self.trainer.manual_optimizers()
         return optimizers[0] if len(optimizers) == 1 else optimizers
 
     def lr_schedulers(self) -> Any:
@@ -138,7 +138,8 @@ class TrainingModule(torch.nn.Module):
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward through the precision (scaled under a grad scaler). Use instead of ``loss.backward()``."""
-        self.trainer._manual_backward(loss, *args, **kwargs)
+        trainer = self.trainer
+        trainer.precision_plugin.backward(loss, trainer.model, *args, **kwargs)
 
     def clip_gradients(
         self,
@@ -147,4 +148,4 @@ class TrainingModule(torch.nn.Module):
         gradient_clip_algorithm: str | None = None,
     ) -> Tensor | None:
         """Clip ``optimizer``'s gradients (unscaled first under a grad scaler); returns the total norm."""
-        return self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        return self.trainer.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -135,7 +135,7 @@ class ManualOptimizer:
         step of the same optimizer within it, which the scaler cannot take without an update)."""
         trainer = self._trainer
         precision = trainer.precision_plugin
-        stepped = trainer._manual_stepped
+        stepped = trainer.state.manual_stepped
         if id(self.optimizer) in stepped:
             precision.update_scaler()
             stepped.clear()

@@ -15,11 +15,11 @@ from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
 from prec.errors import ConfigurationError
 from prec.loggers import CSVLogger
-from prec.metrics import MetricStore
 from prec.module import TrainingModule
 from prec.names import AUTO
 from prec.plugins import get_registry
-from prec.precision import Precision
+from prec.precision import NonFinitePolicy, Precision
+from prec.run_state import RunState
 from prec.strategy import Strategy
 
 
@@ -47,6 +47,10 @@ class Trainer:
         logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, or a
             logger instance.
         precision_options: keyword options for the precision's factory (``init_scale`` …).
+        nonfinite: what an optimizer step with inf/NaN gradients does, at every precision: ``"skip"`` (the
+            default: the step is not applied, counted in ``skipped_steps`` and warned about; a long run of skips
+            warns, then raises :class:`prec.NonFiniteError`), ``"raise"`` (:class:`prec.NonFiniteError` before the
+            step) or ``"off"``; or a :class:`prec.NonFinitePolicy` with its thresholds.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Trainer:
         enable_progress_bar: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         precision_options: dict[str, Any] | None = None,
+        nonfinite: str | NonFinitePolicy = "skip",
     ) -> None:
         registry = get_registry()
         self._registry = registry
@@ -84,6 +89,7 @@ class Trainer:
         else:
             raise ConfigurationError(f"accelerator={accelerator!r} must be a name such as 'cpu', 'gpu' or 'auto'.")
         self.precision_plugin = self._select_precision(precision, plugins, precision_options or {})
+        self.precision_plugin.set_nonfinite_policy(NonFinitePolicy.coerce(nonfinite))
         self.devices = self.accelerator.parse_devices(devices)
         if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
             raise ConfigurationError(f"num_nodes={num_nodes!r} must be a positive int.")
@@ -127,19 +133,8 @@ class Trainer:
         self.enable_progress_bar = enable_progress_bar
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path.cwd()
 
-        self.global_step = 0
-        self.current_epoch = 0
-        self.should_stop = False
-        self.state = "initializing"
-        self.model: TrainingModule | None = None
-        self.optimizers: list[torch.optim.Optimizer] = []
-        self.lr_scheduler_configs: list[Any] = []
-        self._metrics = MetricStore()
-        self._batches_seen = 0  # batches of the current epoch already trained on (for checkpoints)
-        self._epoch_start_rng: dict[str, Any] | None = None  # RNG state when the epoch's loader was created
-        self._resume: dict[str, Any] | None = None  # loop state read from a checkpoint, used by the next epoch
-        self._ckpt_path: str | os.PathLike[str] | None = None
-        self._manual_stepped: set[int] = set()  # optimizers stepped in this manual training_step
+        #: The loop state of the current (or last) run: counters, model, optimizers, metrics.
+        self.state = RunState()
 
     # -- selection ------------------------------------------------------------------------------------------
     def _select_precision(self, precision: Any, plugins: Any, options: dict[str, Any]) -> Precision:
@@ -161,11 +156,10 @@ class Trainer:
             if options:
                 raise ConfigurationError("precision_options apply to a precision built by name, not to plugins=[...].")
             instance = instances[0]
-            expected = self.accelerator.device_type or self.accelerator.name
-            if instance.device_type is not None and instance.device_type != expected:
+            problem = instance.incompatibility(self.accelerator)
+            if problem is not None:
                 raise ConfigurationError(
-                    f"{instance!r} was built for device type {instance.device_type!r}, but the accelerator is"
-                    f" {self.accelerator.name!r}. Build it with prec.get_precision(name, {self.accelerator.name!r})."
+                    f"{problem}. Build it with prec.get_precision(name, {self.accelerator.name!r})."
                 )
             return instance
         name = self._registry.normalize(precision)
@@ -202,11 +196,41 @@ class Trainer:
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
         """Everything logged with ``self.log``: the latest step values and the last epoch means."""
-        return self._metrics.callback_metrics()
+        return self.state.metrics.callback_metrics()
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
-        return self._metrics.progress_bar_metrics()
+        return self.state.metrics.progress_bar_metrics()
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far (what ``max_steps`` counts)."""
+        return self.state.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self.state.current_epoch
+
+    @property
+    def should_stop(self) -> bool:
+        """Set it to ``True`` (from a callback or the module) to end ``fit`` after the current batch."""
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = bool(value)
+
+    @property
+    def model(self) -> TrainingModule | None:
+        return self.state.model
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self.state.optimizers
+
+    @property
+    def lr_scheduler_configs(self) -> list[Any]:
+        return self.state.lr_scheduler_configs
 
     @property
     def is_global_zero(self) -> bool:
@@ -219,10 +243,6 @@ class Trainer:
     @property
     def global_rank(self) -> int:
         return self.strategy.global_rank
-
-    @property
-    def lightning_module(self) -> TrainingModule | None:
-        return self.model
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
@@ -287,17 +307,14 @@ class Trainer:
     def _launch(self, stage: str, model: TrainingModule, *loaders: Any, ckpt_path: Any = None) -> Any:
         if not isinstance(model, TrainingModule):
             raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
-        self._ckpt_path = ckpt_path
         # The strategy decides how many processes run the stage (a bound method, so it can be pickled).
-        return self.strategy.launch(self._run_stage, stage, model, *loaders)
+        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, *loaders)
 
-    def _run_stage(self, stage: str, model: TrainingModule, *loaders: Any) -> Any:
+    def _run_stage(self, stage: str, model: TrainingModule, ckpt_path: Any, *loaders: Any) -> Any:
         from prec import evaluation, loops
 
-        self.state = stage
-        self.model = model
+        self.state.start(stage, model, ckpt_path)
         object.__setattr__(model, "_prec_trainer", self)  # plain attribute: no nn.Module bookkeeping
-        self._metrics.training = stage == "fit"
         try:
             self.strategy.setup_environment()
             loops.setup_model(self, model, stage)
@@ -314,20 +331,17 @@ class Trainer:
             loops.teardown_run(self, model, stage)
 
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
-    def _manual_optimizers(self) -> list[Any]:
+    def manual_optimizers(self) -> list[Any]:
+        """The optimizers wrapped for manual optimization (``TrainingModule.optimizers()``)."""
         from prec.optim import ManualOptimizer
 
-        wrappers = self.__dict__.get("_manual_wrappers")
-        if wrappers is None or [w.optimizer for w in wrappers] != self.optimizers:
-            wrappers = self._manual_wrappers = [ManualOptimizer(opt, self) for opt in self.optimizers]
-        return wrappers
+        return self.state.manual_optimizers(lambda optimizer: ManualOptimizer(optimizer, self))
 
-    def _manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self.precision_plugin.backward(loss, self.model, *args, **kwargs)
-
-    def _clip_gradients(
-        self, optimizer: Any, gradient_clip_val: float | None, gradient_clip_algorithm: str | None
+    def clip_gradients(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> torch.Tensor | None:
+        """Clip ``optimizer``'s gradients through the precision (unscaled first under a grad scaler), with the
+        Trainer's clipping settings unless given here (setting both is an error); returns the total norm."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
         for name, own, given in (
             ("gradient_clip_val", self.gradient_clip_val, gradient_clip_val),

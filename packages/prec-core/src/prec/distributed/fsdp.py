@@ -66,8 +66,8 @@ class FSDPStrategy(DDPStrategy):
         self._root: torch.nn.Module | None = None
 
     def launch(self, function: Callable[..., Any], *args: Any) -> Any:
-        trainer = getattr(function, "__self__", None)
-        if getattr(trainer, "_ckpt_path", None) is not None:
+        # The Trainer launches ``_run_stage(stage, model, ckpt_path, *loaders)``.
+        if len(args) > 2 and args[2] is not None:
             raise ConfigurationError(
                 "strategy='fsdp' cannot load ckpt_path yet: a checkpoint's full tensors must be scattered into the"
                 " parameter shards. Resume under strategy='ddp' or in one process (the checkpoint format is the"

@@ -17,15 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from prec.errors import ConfigurationError
+from prec.precision.guard import NonFiniteGuard, NonFinitePolicy
+
+if TYPE_CHECKING:
+    from prec.accelerator import Accelerator
 
 GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
+#: The per-step methods a loop may leave uncalled while a class keeps them as the 32-true no-op (see
+#: :attr:`Precision.passthrough`).
+PER_STEP_METHODS = ("convert_input", "forward_context", "backward", "convert_output")
 
 
 class default_dtype:  # noqa: N801 - used like a function: ``with default_dtype(torch.bfloat16):``
@@ -69,12 +76,21 @@ def to_float32(tensor: Tensor) -> Tensor:
 class Precision:
     """32-true: float32 weights and math, no loss scaling. Subclasses override only what they change.
 
+    This class is the whole contract between a precision and the loops that drive it (the Trainer's, or your
+    own): everything a loop or a strategy relies on is declared here, with a default that is correct for a
+    subclass that overrides nothing.
+
     Attributes:
         name: the canonical precision string (``"32-true"``).
         param_dtype: the dtype floating-point parameters have after :meth:`convert_module`.
         compute_dtype: the dtype most math runs in inside :meth:`forward_context`.
         device_type: the torch device type this instance was built for, or ``None`` if any device works.
         output_dtype: the dtype of floating outputs after :meth:`convert_output` (``None``: left as computed).
+        scaler: the ``torch.amp.GradScaler`` the loss is scaled with, or ``None``. A strategy may replace it with
+            an equivalent one for its processes (FSDP: ``ShardedGradScaler``) by assigning it.
+        passthrough: the per-step methods (:data:`PER_STEP_METHODS`) this class leaves as the 32-true no-op, so a
+            loop may skip calling them. Computed for every subclass when it is defined: overriding a method
+            removes it, so an override is never bypassed.
     """
 
     name: str = "32-true"
@@ -83,11 +99,60 @@ class Precision:
     device_type: str | None = None
     #: The dtype :meth:`convert_output` gives floating outputs (``None``: they stay in the compute dtype).
     output_dtype: torch.dtype | None = torch.float32
+    scaler: torch.amp.GradScaler | None = None
+    passthrough: ClassVar[frozenset[str]] = frozenset(PER_STEP_METHODS)
 
-    #: Whether the last :meth:`optimizer_step` was skipped (a grad scaler found inf/NaN gradients).
-    step_skipped: bool = False
-    #: How many optimizer steps were skipped since this precision was created (or its state loaded).
-    skipped_steps: int = 0
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.passthrough = frozenset(name for name in PER_STEP_METHODS if getattr(cls, name) is getattr(Precision, name))
+
+    # -- the non-finite guard and skipped steps -----------------------------------------------------------------
+    @property
+    def guard(self) -> NonFiniteGuard:
+        """The :class:`~prec.precision.guard.NonFiniteGuard` that keeps inf/NaN gradients out of the weights."""
+        guard = self.__dict__.get("_guard")
+        if guard is None:
+            guard = self.__dict__["_guard"] = NonFiniteGuard()
+        return guard
+
+    def set_nonfinite_policy(self, policy: NonFinitePolicy | str) -> None:
+        """Choose what happens to inf/NaN gradients (``"skip"``, ``"raise"``, ``"off"`` or a policy)."""
+        self.guard.policy = NonFinitePolicy.coerce(policy)
+
+    @property
+    def step_skipped(self) -> bool:
+        """Whether the last :meth:`optimizer_step` was skipped (inf/NaN gradients); LR schedulers then wait."""
+        value = self.__dict__.get("_step_skipped", False)
+        if isinstance(value, Tensor):  # decided on the device: read once, when somebody asks
+            value = self.__dict__["_step_skipped"] = bool(value.item())
+        return value
+
+    @step_skipped.setter
+    def step_skipped(self, value: bool | Tensor) -> None:
+        self.__dict__["_step_skipped"] = value
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for inf/NaN gradients since creation (or since the state was loaded)."""
+        return self.guard.skipped_steps()
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self.guard.load_state_dict({"skipped_steps": value, "consecutive_skips": self.guard.consecutive})
+
+    def incompatibility(self, accelerator: Accelerator) -> str | None:
+        """Why this instance cannot run on ``accelerator`` (``None``: it can). Checked when a precision instance is
+        passed to the Trainer as ``plugins=[...]``."""
+        expected = accelerator.device_type or accelerator.name
+        if self.device_type is not None and self.device_type != expected:
+            return (
+                f"{self!r} was built for device type {self.device_type!r}, but the accelerator is {accelerator.name!r}"
+            )
+        return None
+
+    def setup(self) -> None:
+        """Apply global settings this precision needs for a run (called once at the start of each run, before
+        :meth:`convert_module`); :meth:`teardown` undoes them."""
 
     # -- module and tensor creation ----------------------------------------------------------------------------
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -104,7 +169,9 @@ class Precision:
         return self.tensor_init_context()
 
     def setup_module(self, module: torch.nn.Module) -> None:
-        """Check a converted module before training; raise :class:`ConfigurationError` if it cannot work."""
+        """Check a converted module before training; raise :class:`ConfigurationError` if it cannot work.
+        Overrides call ``super().setup_module(module)``: it lets the non-finite guard name parameters."""
+        self.guard.watch(module)
 
     def setup_optimizer(self, optimizer: Optimizer) -> None:
         """Check an optimizer before training (e.g. LBFGS cannot run with a grad scaler)."""
@@ -166,31 +233,63 @@ class Precision:
     ) -> Any:
         """Step ``optimizer`` (through the grad scaler where there is one) and return what ``step`` returned.
 
-        After the call :attr:`step_skipped` says whether the step was skipped for inf/NaN gradients.
+        The non-finite guard checks the gradients first: a step with inf/NaN gradients is not applied (or raises,
+        by the guard's policy), and :attr:`step_skipped` says so. A step through a ``closure`` (LBFGS) computes its
+        gradients inside ``step``, where they cannot be checked first: it is not guarded.
         ``update=False`` defers :meth:`update_scaler` when several optimizers step from one backward pass.
         """
-        return optimizer.step(closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+        guard = self.guard
+        if closure is not None or not guard.active:
+            self.step_skipped = False
+            return optimizer.step(closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+        found = guard.found_nonfinite(optimizer)
+        if found is False:
+            self.step_skipped = False
+            return optimizer.step(**kwargs)
+        if found is True:
+            self.step_skipped = True
+            guard.record(optimizer, True, _no_scale)
+            return None
+        # A fused optimizer takes the flag and skips on the device: nothing is read on the host here.
+        optimizer.found_inf = found  # type: ignore[attr-defined] - torch's device-side skip protocol
+        optimizer.grad_scale = None  # type: ignore[attr-defined]
+        try:
+            result = optimizer.step(**kwargs)
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
+        self.step_skipped = found
+        guard.record(optimizer, found, _no_scale)
+        return result
 
     def update_scaler(self) -> None:
         """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""
 
     def metrics(self) -> dict[str, float]:
-        """Numbers the Trainer logs automatically (the loss scale and skipped steps under a scaler)."""
-        return {}
+        """Numbers the Trainer logs automatically: the steps the non-finite guard skipped, once there are any (and
+        the loss scale under a grad scaler). Reading them may synchronise with the device: loops read them at log
+        flushes only."""
+        skipped = self.skipped_steps if self.guard.active else 0
+        return {"skipped_steps": float(skipped)} if skipped else {}
 
     # -- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must keep to resume this precision exactly (the grad scaler's state)."""
-        return {}
+        """What a checkpoint must keep to resume this precision exactly (skip counters; a grad scaler's state)."""
+        state = self.guard.state_dict()
+        return state if any(state.values()) else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
+        self.guard.load_state_dict(state_dict)
 
     def teardown(self) -> None:
         """Undo anything global this precision changed. Called once at the end of each run; idempotent."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _no_scale() -> None:
+    return None
 
 
 def _optimizer_params(optimizer: Optimizer) -> list[Tensor]:

@@ -11,12 +11,17 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.precision.base import Precision, apply_to_tensors, to_float32
 
-#: Options of ``torch.amp.GradScaler`` a precision accepts (``enabled`` is not one: pass ``scaler=None``).
-SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+#: Options of ``torch.amp.GradScaler`` a precision accepts (``enabled`` is not one: pass ``scaler=None``), and
+#: ``min_scale``, prec's floor under the loss scale.
+SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale")
+#: The default floor under the loss scale: a scale that halves to 0 would turn the next finite step into
+#: 0 x (1/0) = NaN in every weight; DeepSpeed's fp16 optimizer uses the same floor.
+DEFAULT_MIN_SCALE = 1.0
 
 
 class MixedPrecision(Precision):
@@ -29,7 +34,8 @@ class MixedPrecision(Precision):
         scaler: a ``torch.amp.GradScaler`` to scale the loss (needed for float16), ``True`` to build one with
             ``scaler_options``, or ``None`` for no scaling (bfloat16 has float32's range and needs none).
         cache_enabled: autocast's weight-cast cache (turn off to save memory when weights change inside a step).
-        scaler_options: ``init_scale``, ``growth_factor``, ``backoff_factor``, ``growth_interval``.
+        scaler_options: ``init_scale``, ``growth_factor``, ``backoff_factor``, ``growth_interval`` and
+            ``min_scale``: the floor the loss scale never goes below (default :data:`DEFAULT_MIN_SCALE`).
 
     Skip tracking does not synchronise with the device: the inf/NaN flags stay on the device until
     :attr:`step_skipped`, :attr:`skipped_steps` or :meth:`metrics` is read.
@@ -49,8 +55,11 @@ class MixedPrecision(Precision):
         self.device_type = device_type
         self.compute_dtype = dtype
         self.cache_enabled = bool(cache_enabled)
+        self.min_scale = DEFAULT_MIN_SCALE
         if scaler is True:
-            scaler = torch.amp.GradScaler(device_type, **_check_scaler_options(name, scaler_options))
+            scaler_options = dict(_check_scaler_options(name, scaler_options))
+            self.min_scale = float(scaler_options.pop("min_scale", DEFAULT_MIN_SCALE))
+            scaler = torch.amp.GradScaler(device_type, **scaler_options)
         elif scaler_options:
             raise ConfigurationError(
                 f"{name} has no grad scaler, so {sorted(scaler_options)} cannot be applied."
@@ -64,12 +73,12 @@ class MixedPrecision(Precision):
         self._stepped = False  # scaler.update() is only valid after at least one scaler.step()
         self._iteration_flags: list[Tensor] = []  # found-inf flags of this iteration's steps, on the device
         self._iteration_skipped: bool | None = False  # resolved value of the flags (None: not read yet)
-        self._skipped_counted = 0  # skipped steps already read back from the device
-        self._skipped_pending: Tensor | None = None  # skipped steps still on the device
 
+    @override
     def forward_context(self) -> AbstractContextManager[None]:
         return torch.autocast(self.device_type, dtype=self.compute_dtype, cache_enabled=self.cache_enabled)
 
+    @override
     def convert_output(self, data: Any) -> Any:
         return apply_to_tensors(data, to_float32)
 
@@ -83,24 +92,11 @@ class MixedPrecision(Precision):
         return self._iteration_skipped
 
     @step_skipped.setter
-    def step_skipped(self, value: bool) -> None:
-        self._iteration_flags = []
-        self._iteration_skipped = bool(value)
+    def step_skipped(self, value: bool | Tensor) -> None:
+        self._iteration_flags = [value] if isinstance(value, Tensor) else []
+        self._iteration_skipped = None if isinstance(value, Tensor) else bool(value)
 
-    @property  # type: ignore[override]
-    def skipped_steps(self) -> int:
-        """Optimizer steps skipped for inf/NaN gradients since creation (or since the state was loaded)."""
-        if self._skipped_pending is not None:
-            self._skipped_counted += int(self._skipped_pending.item())
-            self._skipped_pending = None
-        return self._skipped_counted
-
-    @skipped_steps.setter
-    def skipped_steps(self, value: int) -> None:
-        self._skipped_counted = int(value)
-        self._skipped_pending = None
-
-    def _record_step(self, found_inf_per_device: dict[Any, Tensor]) -> None:
+    def _record_step(self, optimizer: Optimizer, found_inf_per_device: dict[Any, Tensor]) -> None:
         if not self._stepped:  # first step of a new iteration
             self._iteration_flags = []
         self._iteration_skipped = None
@@ -111,13 +107,15 @@ class MixedPrecision(Precision):
         flag = flags[0] if len(flags) == 1 else sum(f.to(flags[0].device, non_blocking=True) for f in flags)
         skipped = flag.gt(0).to(torch.int64)  # type: ignore[union-attr]
         self._iteration_flags.append(skipped)
-        if self._skipped_pending is None:
-            self._skipped_pending = skipped
-        else:
-            self._skipped_pending = self._skipped_pending + skipped.to(self._skipped_pending.device)
+        self.guard.record(optimizer, skipped, self._current_scale, loss_scaling=True)
+
+    def _current_scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
 
     # -- scaler ---------------------------------------------------------------------------------------------
+    @override
     def setup_module(self, module: torch.nn.Module) -> None:
+        super().setup_module(module)
         if self.scaler is None:
             return
         low = sorted({str(p.dtype) for p in module.parameters() if p.requires_grad and p.dtype in _HALF_DTYPES})
@@ -129,6 +127,7 @@ class MixedPrecision(Precision):
                 " such as '16-true' or 'bf16-true'."
             )
 
+    @override
     def setup_optimizer(self, optimizer: Optimizer) -> None:
         if self.scaler is not None and isinstance(optimizer, torch.optim.LBFGS):
             raise ConfigurationError(
@@ -137,11 +136,13 @@ class MixedPrecision(Precision):
                 " LBFGS, or a first-order optimizer with 16-mixed."
             )
 
+    @override
     def backward(self, tensor: Tensor, module: torch.nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
             tensor = self.scaler.scale(tensor)
         tensor.backward(*args, **kwargs)
 
+    @override
     def unscale_gradients(self, optimizer: Optimizer) -> None:
         if self.scaler is None or id(optimizer) in self._unscaled:
             return
@@ -155,6 +156,7 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
         self._unscaled.add(id(optimizer))
 
+    @override
     def optimizer_step(
         self,
         optimizer: Optimizer,
@@ -181,35 +183,45 @@ class MixedPrecision(Precision):
             result = optimizer.step(**kwargs)
         else:
             result = self.scaler.step(optimizer, **kwargs)
-            state = self.scaler._per_optimizer_states[id(optimizer)]  # noqa: SLF001 - no public "skipped" API
-            self._record_step(state["found_inf_per_device"])
+            state = self.scaler._per_optimizer_states[id(optimizer)]  # noqa: SLF001 - torch has no public "skipped" API
+            self._record_step(optimizer, state["found_inf_per_device"])
             self._stepped = True
         if update:
             self.update_scaler()
         return closure_result if closure is not None else result
 
+    @override
     def update_scaler(self) -> None:
         """Adjust the scale after the step(s) of one iteration (grow after a run of good steps, back off on inf)."""
         if self.scaler is not None and self._stepped:
             self.scaler.update()
+            # The floor, applied on the device (no sync): torch's scaler keeps halving down to exactly 0.0.
+            scale = getattr(self.scaler, "_scale", None)  # torch has no public in-place accessor for the scale
+            if scale is not None:
+                scale.clamp_(min=self.min_scale)
             self._stepped = False
             self._unscaled.clear()
 
+    @override
     def metrics(self) -> dict[str, float]:
         if self.scaler is None:
-            return {}
+            return super().metrics()
         return {"loss_scale": float(self.scaler.get_scale()), "skipped_steps": float(self.skipped_steps)}
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        if self.scaler is None:
-            return {}
-        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+        state = super().state_dict()
+        if self.scaler is not None:
+            state = {"scaler": self.scaler.state_dict(), **self.guard.state_dict()}
+        return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.scaler is not None and "scaler" in state_dict:
             self.scaler.load_state_dict(state_dict["scaler"])
-            self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self.guard.load_state_dict(state_dict)
 
+    @override
     def teardown(self) -> None:
         """Finish an iteration a failed run left half done, so the next run starts from a clean scaler."""
         if self.scaler is not None:
@@ -218,6 +230,7 @@ class MixedPrecision(Precision):
         self._unscaled.clear()
         self._stepped = False
 
+    @override
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, device_type={self.device_type!r},"
@@ -242,6 +255,7 @@ def _check_scaler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         "growth_factor": (lambda v: _is_number(v) and 1 < v < math.inf, "a finite number > 1"),
         "backoff_factor": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
         "growth_interval": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1"),
+        "min_scale": (lambda v: _is_number(v) and 0 < v < math.inf, "a finite number > 0"),
     }
     for key, value in options.items():
         valid, expected = checks[key]

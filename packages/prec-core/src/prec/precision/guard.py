@@ -1,0 +1,245 @@
+"""The non-finite guard: no optimizer step ever applies an inf/NaN gradient, at any precision.
+
+Every :class:`~prec.Precision` owns one :class:`NonFiniteGuard`. Before each optimizer step it checks the gradients
+of that optimizer's parameters with one fused kernel (``torch._amp_foreach_non_finite_check_and_unscale_`` with a
+scale of 1, the kernel torch's GradScaler uses) and, under the default policy, skips the step, counts it and warns.
+A run of consecutive skipped steps is an alarm: a warning after ``warn_after`` and :class:`~prec.errors.NonFiniteError`
+after ``raise_after`` (a run that only skips is a run that no longer trains).
+
+Where the decision is made:
+
+* on the CPU, the flag is read on the host each step (there is no device to synchronise with);
+* on other devices, an optimizer that takes torch's device-side ``found_inf`` protocol (``fused=True`` Adam, AdamW,
+  SGD …) skips on the device and the flag is read lazily, every ``warn_after`` steps, so the guard adds no
+  host-device synchronisation per step; any other optimizer needs the flag on the host before it steps, which is
+  one synchronisation per optimizer step (said once with a :class:`~prec.errors.PerformanceWarning`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from prec._warnings import warn
+from prec.errors import ConfigurationError, NonFiniteError, PerformanceWarning, PrecWarning
+
+#: What the guard does about a non-finite gradient.
+NONFINITE_MODES = ("skip", "raise", "off")
+_LISTED = 8
+
+
+@dataclass(frozen=True)
+class NonFinitePolicy:
+    """How a run treats inf/NaN gradients (``Trainer(nonfinite=...)``).
+
+    Args:
+        mode: ``"skip"`` (default): skip that optimizer step, count it in ``skipped_steps`` and warn once;
+            ``"raise"``: raise :class:`~prec.errors.NonFiniteError` before the step; ``"off"``: no check (a grad
+            scaler still skips its overflow steps, which is how loss scaling works).
+        warn_after: consecutive skipped steps after which a warning names the step, the loss scale and the
+            parameters whose gradients were non-finite.
+        raise_after: consecutive skipped steps after which the run stops with :class:`~prec.errors.NonFiniteError`
+            (``None``: never).
+    """
+
+    mode: str = "skip"
+    warn_after: int = 10
+    raise_after: int | None = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in NONFINITE_MODES:
+            raise ConfigurationError(f"nonfinite={self.mode!r} must be one of {', '.join(map(repr, NONFINITE_MODES))}.")
+        if not _positive_int(self.warn_after):
+            raise ConfigurationError(f"NonFinitePolicy(warn_after={self.warn_after!r}) must be an int >= 1.")
+        if self.raise_after is not None and (not _positive_int(self.raise_after) or self.raise_after < self.warn_after):
+            raise ConfigurationError(
+                f"NonFinitePolicy(raise_after={self.raise_after!r}) must be None or an int >= warn_after"
+                f" ({self.warn_after})."
+            )
+
+    @classmethod
+    def coerce(cls, value: NonFinitePolicy | str) -> NonFinitePolicy:
+        """A policy from ``Trainer(nonfinite=...)``: a mode name or a policy."""
+        if isinstance(value, NonFinitePolicy):
+            return value
+        if isinstance(value, str):
+            return cls(mode=value)
+        raise ConfigurationError(
+            f"nonfinite={value!r} must be one of {', '.join(map(repr, NONFINITE_MODES))} or a prec.NonFinitePolicy."
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class NonFiniteGuard:
+    """Checks gradients before a step, counts skipped steps and raises the alarm; one per Precision."""
+
+    def __init__(self, policy: NonFinitePolicy | None = None) -> None:
+        self.policy = policy or NonFinitePolicy()
+        self.parameter_names: dict[int, str] = {}
+        #: Where messages read the current optimizer step from (the Trainer sets it; ``None`` in your own loop).
+        self.step_source: Callable[[], int] | None = None
+        self.skipped = 0  # steps skipped and read back on the host
+        self.consecutive = 0  # consecutive skipped steps, as last read
+        self._pending: Tensor | None = None  # device-side skips not read yet (lazy devices)
+        self._run: Tensor | None = None  # device-side consecutive skips not read yet
+        self._steps_since_read = 0
+        self._warned_skip = False
+        self._warned_sync = False
+        self._alarmed = False
+        self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.policy.mode != "off"
+
+    def watch(self, module: torch.nn.Module) -> None:
+        """Remember parameter names, so a detection can say which gradients were non-finite."""
+        self.parameter_names = {id(param): name for name, param in module.named_parameters()}
+
+    # -- checking ---------------------------------------------------------------------------------------------
+    def found_nonfinite(self, optimizer: Optimizer) -> bool | Tensor:
+        """Whether ``optimizer``'s gradients hold inf/NaN: a bool, or a device flag for a fused optimizer to take."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return False
+        device = grads[0].device
+        flags = self._flags.get(device)
+        if flags is None:
+            flags = self._flags[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        found, one = flags
+        if device.type == "cpu" or not _takes_found_inf(optimizer):
+            torch._amp_foreach_non_finite_check_and_unscale_(_same_device(grads, device), found, one)
+            if device.type != "cpu" and not self._warned_sync:
+                self._warned_sync = True
+                warn(
+                    f"the non-finite guard reads one flag per step from {device} for {type(optimizer).__name__}, which"
+                    " cannot skip a step on the device: one host-device synchronisation per step. Pass fused=True"
+                    " to the optimizer (Adam, AdamW, SGD) to skip on the device, or Trainer(nonfinite='off').",
+                    PerformanceWarning,
+                )
+            if not found.item():
+                return False
+            found.zero_()
+            return True
+        found = torch.zeros(1, device=device)  # handed to the optimizer, which keeps a reference until it steps
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+        return found
+
+    # -- after a step -------------------------------------------------------------------------------------------
+    def record(
+        self, optimizer: Optimizer, skipped: bool | Tensor, scale: Callable[[], Any], *, loss_scaling: bool = False
+    ) -> None:
+        """Count a step's outcome and raise the alarm on a long run of skips. ``skipped`` may live on the device
+        (fused optimizers, grad scalers that did not sync): then it is read every ``warn_after`` steps.
+        ``loss_scaling``: the skip came from a grad scaler's overflow search, which is how dynamic loss scaling
+        works, so only a long run of them (the alarm) is reported."""
+        if isinstance(skipped, Tensor):
+            flag = skipped.gt(0).to(torch.int64).reshape(())
+            run = self._run if self._run is not None else self.consecutive
+            self._run = (run + flag) * flag  # consecutive skips, reset by a good step, kept on the device
+            self._pending = flag if self._pending is None else self._pending + flag.to(self._pending.device)
+            self._steps_since_read += 1
+            if flag.device.type != "cpu" and self._steps_since_read < self.policy.warn_after:
+                return
+            self.consecutive = int(self._run.item())
+            self._run = None
+            self._settle()
+            skipped = self.consecutive > 0
+        elif skipped:
+            self.skipped += 1
+            self.consecutive += 1
+        else:
+            self.consecutive = 0
+        if not skipped:
+            self._alarmed = False
+            return
+        if loss_scaling or self.policy.mode == "off":
+            self._alarm(optimizer, scale)
+            return
+        if self.policy.mode == "raise":
+            raise NonFiniteError(self._describe(optimizer, scale, "found non-finite gradients"))
+        if not self._warned_skip:
+            self._warned_skip = True
+            warn(
+                self._describe(optimizer, scale, "skipped an optimizer step with non-finite gradients")
+                + " Further skips are counted in the 'skipped_steps' metric.",
+                PrecWarning,
+            )
+        self._alarm(optimizer, scale)
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self.skipped += int(self._pending.item())
+            self._pending = None
+        self._steps_since_read = 0
+
+    def _alarm(self, optimizer: Optimizer, scale: Callable[[], Any]) -> None:
+        policy = self.policy
+        if policy.raise_after is not None and self.consecutive >= policy.raise_after:
+            raise NonFiniteError(
+                self._describe(optimizer, scale, f"{self.consecutive} consecutive optimizer steps were skipped")
+                + " The run no longer trains: lower the learning rate, check the data for inf/NaN, or use"
+                " bf16-mixed/32-true."
+            )
+        if self.consecutive >= policy.warn_after and not self._alarmed:
+            self._alarmed = True
+            warn(
+                self._describe(optimizer, scale, f"{self.consecutive} consecutive optimizer steps were skipped")
+                + (f" The run stops after {policy.raise_after}." if policy.raise_after is not None else ""),
+                PrecWarning,
+            )
+
+    def _describe(self, optimizer: Optimizer, scale: Callable[[], Any], what: str) -> str:
+        step = self.step_source() if self.step_source is not None else None
+        where = f"at optimizer step {step}" if step is not None else "at an optimizer step"
+        current = scale()
+        scale_text = f", loss scale {current}" if current is not None else ""
+        names = self.nonfinite_parameters(optimizer)
+        listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+        return f"prec {what} {where}{scale_text}; non-finite gradients in: {listed or 'no parameter (already zeroed)'}."
+
+    def nonfinite_parameters(self, optimizer: Optimizer) -> list[str]:
+        """Names of ``optimizer``'s parameters whose gradients hold inf/NaN (reads every gradient: detection only)."""
+        names = []
+        for group_index, group in enumerate(optimizer.param_groups):
+            for index, param in enumerate(group["params"]):
+                if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                    names.append(self.parameter_names.get(id(param), f"param_groups[{group_index}][{index}]"))
+        return names
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def skipped_steps(self) -> int:
+        self._settle()
+        return self.skipped
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped_steps": self.skipped_steps(), "consecutive_skips": self.consecutive}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = self._run = None
+        self.skipped = int(state.get("skipped_steps", 0))
+        self.consecutive = int(state.get("consecutive_skips", 0))
+
+
+def _takes_found_inf(optimizer: Optimizer) -> bool:
+    """torch's fused optimizers read ``optimizer.found_inf`` in ``step()`` and skip on the device."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and any(
+        group.get("fused") for group in optimizer.param_groups
+    )
+
+
+def _same_device(grads: list[Tensor], device: torch.device) -> Iterable[Tensor]:
+    if all(grad.device == device for grad in grads):
+        return grads
+    raise ConfigurationError(
+        "the non-finite guard found gradients on several devices in one optimizer; use one optimizer per device"
+        " or Trainer(nonfinite='off')."
+    )
