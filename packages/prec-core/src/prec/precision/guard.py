@@ -8,11 +8,11 @@ after ``raise_after`` (a run that only skips is a run that no longer trains).
 
 Where the decision is made:
 
-* on the CPU, the flag is read on the host each step (there is no device to synchronise with);
-* on other devices, an optimizer that takes torch's device-side ``found_inf`` protocol (``fused=True`` Adam, AdamW,
-  SGD …) skips on the device and the flag is read lazily, every ``warn_after`` steps, so the guard adds no
-  host-device synchronisation per step; any other optimizer needs the flag on the host before it steps, which is
-  one synchronisation per optimizer step (said once with a :class:`~prec.errors.PerformanceWarning`).
+* an optimizer that takes torch's device-side ``found_inf`` protocol (``fused=True`` Adam, AdamW, SGD …) skips on
+  the device; off the CPU its flag is read lazily, every ``warn_after`` steps, so the guard adds no host-device
+  synchronisation per step;
+* any other optimizer needs the flag on the host before it steps: free on the CPU (there is no device to wait
+  for), one synchronisation per optimizer step elsewhere (said once with a :class:`~prec.errors.PerformanceWarning`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class NonFiniteGuard:
         self._steps_since_read = 0
         self._warned_skip = False
         self._warned_sync = False
-        self._alarmed = False
+        self._alarmed = False  # this run of skips was warned about
         self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -113,9 +113,9 @@ class NonFiniteGuard:
         device = grads[0].device
         flags = self._flags.get(device)
         if flags is None:
-            flags = self._flags[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+            flags = self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
         found, one = flags
-        if device.type == "cpu" or not _takes_found_inf(optimizer):
+        if not _takes_found_inf(optimizer):
             torch._amp_foreach_non_finite_check_and_unscale_(_same_device(grads, device), found, one)
             if device.type != "cpu" and not self._warned_sync:
                 self._warned_sync = True
@@ -126,10 +126,12 @@ class NonFiniteGuard:
                     PerformanceWarning,
                 )
             if not found.item():
+                self.consecutive = 0
+                self._alarmed = False
                 return False
             found.zero_()
             return True
-        found = torch.zeros(1, device=device)  # handed to the optimizer, which keeps a reference until it steps
+        found = torch.zeros((), device=device)  # handed to the optimizer, which keeps a reference until it steps
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return found
 
