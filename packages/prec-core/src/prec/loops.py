@@ -339,14 +339,14 @@ class _TrainingEpoch:
                     stepped = True
             state.batches_seen = batch_idx + 1
             if append_row is not None and metrics.pending:
-                append_row((trainer.global_step, epoch, metrics.take_pending()))
+                append_row((state.global_step, epoch, metrics.take_pending()))
             # global_step counts optimizer steps: a window whose training_steps all returned None is no step,
             # and must not consult a stale "skipped" flag for the LR schedulers.
             if boundary and stepped:
                 state.global_step += 1
                 if has_step_schedulers:
                     _step_schedulers(trainer, "step")
-                if flush_every and trainer.global_step % flush_every == 0:
+                if flush_every and state.global_step % flush_every == 0:
                     flush_logs(trainer, True)
             if batch_end:
                 call(batch_end, output, batch, batch_idx)
@@ -356,10 +356,10 @@ class _TrainingEpoch:
                 validate()  # type: ignore[misc]
                 model.train()
                 metrics.training = True
-            if max_steps != -1 and trainer.global_step >= max_steps:
+            if max_steps != -1 and state.global_step >= max_steps:
                 self.stopped_early = batch_idx + 1 < total
                 break
-            if trainer.should_stop:
+            if state.should_stop:
                 break
 
     def plain_optimizer_step(self) -> Callable[..., Any] | None:
@@ -374,7 +374,7 @@ class _TrainingEpoch:
             or self.hooks["on_before_zero_grad"]
         ):
             return None
-        return partial(precision.optimizer_step, trainer.optimizers[0])
+        return precision.bind_optimizer_step(trainer.optimizers[0])
 
     def optimizer_step(self) -> None:
         trainer = self.trainer

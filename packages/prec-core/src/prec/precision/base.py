@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -260,6 +261,15 @@ class Precision:
         self.step_skipped = found
         guard.record(optimizer, found, _no_scale)
         return result
+
+    def bind_optimizer_step(self, optimizer: Optimizer) -> Callable[[], Any]:
+        """``optimizer_step(optimizer)`` as a zero-argument callable, for a loop that steps the same optimizer
+        every batch: bind once (per epoch, or after changing its param groups), call per step. The default is the
+        non-finite guard's fast path when :meth:`optimizer_step` is not overridden; an override is always the
+        one called."""
+        if type(self).optimizer_step is not Precision.optimizer_step:
+            return partial(self.optimizer_step, optimizer)
+        return self.guard.bind_step(optimizer, self)
 
     def update_scaler(self) -> None:
         """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""

@@ -111,20 +111,11 @@ class NonFiniteGuard:
         if not grads:
             return False
         device = grads[0].device
-        flags = self._flags.get(device)
-        if flags is None:
-            flags = self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
-        found, one = flags
+        found, one = self._device_flags(device)
         if not _takes_found_inf(optimizer):
             torch._amp_foreach_non_finite_check_and_unscale_(_same_device(grads, device), found, one)
-            if device.type != "cpu" and not self._warned_sync:
-                self._warned_sync = True
-                warn(
-                    f"the non-finite guard reads one flag per step from {device} for {type(optimizer).__name__}, which"
-                    " cannot skip a step on the device: one host-device synchronisation per step. Pass fused=True"
-                    " to the optimizer (Adam, AdamW, SGD) to skip on the device, or Trainer(nonfinite='off').",
-                    PerformanceWarning,
-                )
+            if device.type != "cpu":
+                self._warn_sync(device, optimizer)
             if not found.item():
                 self.consecutive = 0
                 self._alarmed = False
@@ -134,6 +125,62 @@ class NonFiniteGuard:
         found = torch.zeros((), device=device)  # handed to the optimizer, which keeps a reference until it steps
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return found
+
+    def bind_step(self, optimizer: Optimizer, precision: Any) -> Callable[[], Any]:
+        """A zero-argument guarded ``optimizer.step()`` for loops that step the same optimizer many times: the
+        parameter list is flattened once here, so a step costs the check kernel and one flag read. Rebind after
+        changing ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept
+        up to date."""
+        step = optimizer.step
+        precision.step_skipped = False
+        if not self.active:
+            return step
+        params = [param for group in optimizer.param_groups for param in group["params"]]
+        devices = {param.device for param in params}
+        if len(devices) != 1 or _takes_found_inf(optimizer):
+            return lambda: precision.optimizer_step(optimizer)
+        (device,) = devices
+        if device.type != "cpu":
+            self._warn_sync(device, optimizer)
+        found, one = self._device_flags(device)
+        check = torch._amp_foreach_non_finite_check_and_unscale_
+        skipped_last = self.consecutive > 0
+
+        def guarded_step() -> Any:
+            nonlocal skipped_last
+            grads = [param.grad for param in params if param.grad is not None]
+            if grads:
+                check(grads, found, one)
+                if found.item():
+                    found.zero_()
+                    skipped_last = True
+                    precision.step_skipped = True
+                    self.record(optimizer, True, _no_scale)
+                    return None
+            if skipped_last:
+                skipped_last = False
+                precision.step_skipped = False
+                self.consecutive = 0
+                self._alarmed = False
+            return step()
+
+        return guarded_step
+
+    def _device_flags(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        flags = self._flags.get(device)
+        if flags is None:
+            flags = self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
+        return flags
+
+    def _warn_sync(self, device: torch.device, optimizer: Optimizer) -> None:
+        if not self._warned_sync:
+            self._warned_sync = True
+            warn(
+                f"the non-finite guard reads one flag per step from {device} for {type(optimizer).__name__}, which"
+                " cannot skip a step on the device: one host-device synchronisation per step. Pass fused=True"
+                " to the optimizer (Adam, AdamW, SGD) to skip on the device, or Trainer(nonfinite='off').",
+                PerformanceWarning,
+            )
 
     # -- after a step -------------------------------------------------------------------------------------------
     def record(
@@ -229,6 +276,10 @@ class NonFiniteGuard:
         self._pending = self._run = None
         self.skipped = int(state.get("skipped_steps", 0))
         self.consecutive = int(state.get("consecutive_skips", 0))
+
+
+def _no_scale() -> None:
+    return None
 
 
 def _takes_found_inf(optimizer: Optimizer) -> bool:

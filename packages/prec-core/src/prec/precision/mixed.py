@@ -191,6 +191,12 @@ class MixedPrecision(Precision):
         return closure_result if closure is not None else result
 
     @override
+    def bind_optimizer_step(self, optimizer: Optimizer) -> Callable[[], Any]:
+        if self.scaler is None and type(self).optimizer_step is MixedPrecision.optimizer_step:
+            return self.guard.bind_step(optimizer, self)  # no scaler: exactly the base class's guarded step
+        return super().bind_optimizer_step(optimizer)
+
+    @override
     def update_scaler(self) -> None:
         """Adjust the scale after the step(s) of one iteration (grow after a run of good steps, back off on inf)."""
         if self.scaler is not None and self._stepped:
