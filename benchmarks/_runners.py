@@ -53,13 +53,20 @@ def run_raw(precision: str, sizes: Sequence[int], batches: list[Any], clock: Ste
 
 
 # -- prec ------------------------------------------------------------------------------------------------------
-def run_prec(precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool) -> None:
+def run_prec(
+    precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool, **extra: Any
+) -> None:
     import prec
 
     Model = _model_class(prec.TrainingModule, sizes, clock, log)
     with tempfile.TemporaryDirectory() as root:
-        trainer = prec.Trainer(**_prec_options(precision, len(batches), root))
+        trainer = prec.Trainer(**_prec_options(precision, len(batches), root), **extra)
         trainer.fit(Model(), Batches(batches))
+
+
+def run_prec_unguarded(precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool) -> None:
+    """prec with the non-finite guard off: the difference to ``run_prec`` is what the guard costs."""
+    run_prec(precision, sizes, batches, clock, log, nonfinite="off")
 
 
 def _model_class(base: type, sizes: Sequence[int], clock: StepClock, log: bool) -> type:
@@ -142,6 +149,7 @@ RUNNERS = {
     "raw": (run_raw, False),
     "prec": (run_prec, False),
     "prec+log": (run_prec, True),
+    "prec-unguarded": (run_prec_unguarded, False),
     "lightning": (run_lightning, False),
     "lightning+log": (run_lightning, True),
     "fabric": (run_fabric, False),
