@@ -84,6 +84,63 @@ class TrainingModule(torch.nn.Module):
         """Gradients are already unscaled here (under a grad scaler), so norms you log are the true ones."""
 
     def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(
+        self, outputs: StepOutput, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None: ...
+
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: StepOutput, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    # -- data and optimization hooks (Lightning's, called in its order) ---------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch before it moves to the device (called only when overridden)."""
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a batch to ``device``; override for custom batch types (called only when overridden)."""
+        from prec.precision import apply_to_tensors
+
+        return apply_to_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change a batch once it is on the device (called only when overridden)."""
+        return batch
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip before each optimizer step (after ``on_before_optimizer_step``, gradients unscaled); the default
+        applies the Trainer's ``gradient_clip_val``/``gradient_clip_algorithm``."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any | None = None) -> None:
+        """Step ``optimizer`` (a wrapper whose ``step`` goes through the precision: grad scaler and non-finite
+        guard). Override for learning-rate warm-up and the like; call ``optimizer.step(closure=optimizer_closure)``.
+        The closure returns the loss of the step, which prec has already run forward and backward."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        """Step one LR scheduler (``metric``: the monitored value for ``ReduceLROnPlateau``-like ones)."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add entries to the checkpoint dict before it is written (plain containers and tensors only)."""
 
@@ -96,6 +153,61 @@ class TrainingModule(torch.nn.Module):
         if trainer is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer yet.")
         return trainer
+
+    @property
+    def current_epoch(self) -> int:
+        """The Trainer's current epoch (0 before training)."""
+        trainer = self.__dict__.get("_prec_trainer")
+        return trainer.current_epoch if trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken by the Trainer (0 before training)."""
+        trainer = self.__dict__.get("_prec_trainer")
+        return trainer.global_step if trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        """The Trainer's first logger, or ``None``."""
+        loggers = self.loggers
+        return loggers[0] if loggers else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        trainer = self.__dict__.get("_prec_trainer")
+        return list(trainer.loggers) if trainer is not None else []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's floating-point parameters (the precision's, once set up)."""
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        trainer = self.__dict__.get("_prec_trainer")
+        return trainer.precision_plugin.param_dtype if trainer is not None else torch.get_default_dtype()
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Make only ``optimizer``'s parameters require gradients (GANs with several optimizers); undo with
+        :meth:`untoggle_optimizer`."""
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        own = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        saved: dict[int, bool] = {}
+        for other in self.trainer.optimizers:
+            for group in other.param_groups:
+                for param in group["params"]:
+                    if id(param) not in own and id(param) not in saved:
+                        saved[id(param)] = param.requires_grad
+                        param.requires_grad = False
+        self.__dict__["_prec_toggled"] = saved
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Restore the ``requires_grad`` flags :meth:`toggle_optimizer` changed."""
+        saved = self.__dict__.pop("_prec_toggled", {})
+        for other in self.trainer.optimizers:
+            for group in other.param_groups:
+                for param in group["params"]:
+                    if id(param) in saved:
+                        param.requires_grad = saved[id(param)]
 
     @property
     def device(self) -> torch.device:

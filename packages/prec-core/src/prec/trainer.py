@@ -221,6 +221,11 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
+    def loggers(self) -> list[Any]:
+        """Every logger of this Trainer."""
+        return [self.logger] if self.logger is not None else []
+
+    @property
     def model(self) -> TrainingModule | None:
         return self.state.model
 
@@ -341,13 +346,13 @@ class Trainer:
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> torch.Tensor | None:
         """Clip ``optimizer``'s gradients through the precision (unscaled first under a grad scaler), with the
-        Trainer's clipping settings unless given here (setting both is an error); returns the total norm."""
+        Trainer's clipping settings unless given here (two different values is an error); returns the total norm."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
         for name, own, given in (
             ("gradient_clip_val", self.gradient_clip_val, gradient_clip_val),
             ("gradient_clip_algorithm", self.gradient_clip_algorithm, gradient_clip_algorithm),
         ):
-            if own is not None and given is not None:
+            if own is not None and given is not None and own != given:
                 raise ConfigurationError(
                     f"Trainer({name}={own!r}) and clip_gradients({name}={given!r}) both set it; set it in one place."
                 )
