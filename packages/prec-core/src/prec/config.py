@@ -58,7 +58,8 @@ LEFT_OUT: Mapping[str, str] = MappingProxyType(
         "replace_sampler_ddp": f"it {_LIGHTNING_2} (renamed use_distributed_sampler), which prec does not take either:"
         " give your loader a DistributedSampler of your own to control sharding.",
         "use_distributed_sampler": "under ddp/fsdp prec always shards a loader's default sampler with a"
-        " DistributedSampler; to shard differently, build the loader with your own DistributedSampler, which prec keeps.",
+        " DistributedSampler; to shard differently, build the loader with your own DistributedSampler,"
+        " which prec keeps.",
         "track_grad_norm": f"it {_LIGHTNING_2}; log torch.nn.utils.get_total_norm(...) in on_before_optimizer_step.",
         "terminate_on_nan": f"it {_LIGHTNING_2}; raise in training_step when not torch.isfinite(loss).",
         "stochastic_weight_avg": f"it {_LIGHTNING_2}; use torch.optim.swa_utils in a callback.",
