@@ -6,13 +6,14 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
+from prec.config import TrainerConfig, check_clipping, reject_unknown_arguments
 from prec.errors import ConfigurationError
 from prec.loggers import CSVLogger
 from prec.module import TrainingModule
@@ -26,26 +27,55 @@ from prec.strategy import Strategy
 class Trainer:
     """Train a :class:`prec.TrainingModule` at a chosen precision on a chosen accelerator.
 
+    Every argument is checked when the Trainer is built (see :class:`prec.config.TrainerConfig`, kept as
+    ``trainer.config``): a bad value is a :class:`prec.ConfigurationError` naming the argument and what it accepts.
+    A Lightning argument prec leaves out on purpose (``profiler``, ``sync_batchnorm`` …) is a ConfigurationError
+    that says what to do instead; a misspelt one gets a did-you-mean.
+
     Args:
-        accelerator: a registered accelerator name or alias (``"cpu"``, ``"gpu"``, ``"tpu"``) or ``"auto"``.
-        devices: ``"auto"``, a count, or a list of device indices.
+        accelerator: a registered accelerator name or alias (``"cpu"``, ``"gpu"``, ``"tpu"``) or ``"auto"``, in any
+            case; or a :class:`prec.Accelerator` instance.
+        devices: ``"auto"`` (one device), a count ``N``, ``-1`` (every device), a list of distinct indices, or a
+            string (``"2"``, ``"0,1"``).
         precision: a precision name (``"bf16-mixed"`` …), a legacy value (``16``, ``"32"`` …), ``"auto"``
             or ``None`` (32-true).
         plugins: a configured :class:`prec.Precision` instance to use as is (then leave ``precision`` unset).
-        strategy: ``"auto"``, ``"single"`` or a strategy a plugin registered (``"ddp"`` …).
+        strategy: ``"auto"``, ``"single"`` or a strategy a plugin registered (``"ddp"`` …), in any case; or a
+            :class:`prec.Strategy` instance.
+        num_nodes: machines taking part (an int >= 1).
         max_epochs: stop after this many epochs (with neither this nor ``max_steps`` set, 1000 epochs).
-        max_steps: stop after this many optimizer steps, whichever limit comes first (``-1``: no step limit).
-        limit_train_batches: training batches per epoch: an int (batches) or a float (fraction).
-        limit_val_batches: validation batches per run: an int (batches) or a float (fraction).
+        min_epochs: train at least this many epochs even when a callback sets ``should_stop`` (``max_*`` still
+            stop first); ``None``: no minimum.
+        max_steps: stop after this many optimizer steps, whichever limit comes first (``-1`` or ``None``: no step
+            limit).
+        min_steps: like ``min_epochs``, in optimizer steps.
+        limit_train_batches: training batches per epoch: an int (batches) or a float in [0, 1] (fraction).
+        limit_val_batches: validation batches per run, as ``limit_train_batches``.
+        limit_test_batches: test batches per run, as ``limit_train_batches``.
+        limit_predict_batches: prediction batches per run, as ``limit_train_batches``.
         check_val_every_n_epoch: run validation every N training epochs.
         val_check_interval: also validate within an epoch: an int every N training batches, a float every
             that fraction of the epoch (``None``: at the end of the epoch only).
+        num_sanity_val_steps: validation batches run before training starts, so a broken ``validation_step``
+            fails in seconds (``0``: none, ``-1``: all).
+        log_every_n_steps: write training metrics logged with ``on_step=True`` every N optimizer steps.
         gradient_clip_val: clip gradients before each optimizer step, on unscaled gradients under a grad scaler;
             ``0``/``None``: no clipping.
         gradient_clip_algorithm: ``"norm"`` (the default) or ``"value"``.
         accumulate_grad_batches: step the optimizers every N batches; each batch's loss is divided by N.
+        fast_dev_run: ``True`` (1) or N: run N batches of each stage once, to find bugs fast, with no loggers,
+            checkpoints or sanity validation; ``False``/``0``: off.
+        deterministic: ``True``: ``torch.use_deterministic_algorithms(True)``; ``"warn"``: the same with
+            ``warn_only=True``; ``False``: turn it off; ``None``: leave torch's setting as it is.
         logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, or a
             logger instance.
+        callbacks: a :class:`prec.Callback` or a list of them.
+        enable_progress_bar: show a progress bar (``True``/``False``).
+        enable_checkpointing: with no :class:`prec.ModelCheckpoint` in ``callbacks``, add one that saves the
+            last epoch under ``default_root_dir`` (``True``/``False``).
+        enable_model_summary: print a summary of the model's layers and parameter counts at the start of
+            ``fit`` (``True``/``False``).
+        default_root_dir: where logs and checkpoints go (``None``: the current directory).
         precision_options: keyword options for the precision's factory (``init_scale`` …).
         nonfinite: what an optimizer step with inf/NaN gradients does, at every precision: ``"skip"`` (the
             default: the step is not applied, counted in ``skipped_steps`` and warned about; a long run of skips
@@ -63,75 +93,104 @@ class Trainer:
         strategy: str = "auto",
         num_nodes: int = 1,
         max_epochs: int | None = None,
-        max_steps: int = -1,
+        min_epochs: int | None = None,
+        max_steps: int | None = -1,
+        min_steps: int | None = None,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
         check_val_every_n_epoch: int = 1,
         val_check_interval: int | float | None = None,
+        num_sanity_val_steps: int = 2,
+        log_every_n_steps: int = 50,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         accumulate_grad_batches: int = 1,
+        fast_dev_run: bool | int = False,
+        deterministic: bool | Literal["warn"] | None = None,
         logger: CSVLogger | bool | None = True,
         callbacks: Callback | Iterable[Callback] | None = None,
         enable_progress_bar: bool = True,
+        enable_checkpointing: bool = True,
+        enable_model_summary: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         precision_options: dict[str, Any] | None = None,
         nonfinite: str | NonFinitePolicy = "skip",
+        **unknown: Any,
     ) -> None:
+        reject_unknown_arguments(unknown)
+        self.config = config = TrainerConfig(
+            accelerator=accelerator,
+            devices=devices,  # type: ignore[arg-type]
+            precision=precision,
+            plugins=plugins,  # type: ignore[arg-type]
+            strategy=strategy,
+            num_nodes=num_nodes,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            max_steps=max_steps,  # type: ignore[arg-type]
+            min_steps=min_steps,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            val_check_interval=val_check_interval,
+            num_sanity_val_steps=num_sanity_val_steps,
+            log_every_n_steps=log_every_n_steps,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            accumulate_grad_batches=accumulate_grad_batches,
+            fast_dev_run=fast_dev_run,  # type: ignore[arg-type]
+            deterministic=deterministic,
+            logger=logger,  # type: ignore[arg-type]
+            callbacks=callbacks,  # type: ignore[arg-type]
+            enable_progress_bar=enable_progress_bar,
+            enable_checkpointing=enable_checkpointing,
+            enable_model_summary=enable_model_summary,
+            default_root_dir=default_root_dir,  # type: ignore[arg-type]
+            precision_options=precision_options,  # type: ignore[arg-type]
+            nonfinite=nonfinite,
+        )
         registry = get_registry()
         self._registry = registry
         #: Why ``precision="auto"`` chose what it chose (``None`` when a precision was given).
         self.auto_precision_reason: str | None = None
-        if isinstance(accelerator, Accelerator):
-            self.accelerator = accelerator
-        elif isinstance(accelerator, str):
-            self.accelerator = registry.available_accelerator(accelerator)
+        if isinstance(config.accelerator, Accelerator):
+            self.accelerator = config.accelerator
         else:
-            raise ConfigurationError(f"accelerator={accelerator!r} must be a name such as 'cpu', 'gpu' or 'auto'.")
-        self.precision_plugin = self._select_precision(precision, plugins, precision_options or {})
-        self.precision_plugin.set_nonfinite_policy(NonFinitePolicy.coerce(nonfinite))
-        self.devices = self.accelerator.parse_devices(devices)
-        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
-            raise ConfigurationError(f"num_nodes={num_nodes!r} must be a positive int.")
-        self.strategy = self._select_strategy(strategy, num_nodes)
-
-        if max_epochs is None and max_steps == -1:
-            max_epochs = 1000
-        if max_epochs is not None and max_epochs < 0:
-            raise ConfigurationError(f"max_epochs={max_epochs} must be >= 0 or None.")
-        if max_steps < -1:
-            raise ConfigurationError(f"max_steps={max_steps} must be >= 0, or -1 for no limit.")
-        if check_val_every_n_epoch < 1:
-            raise ConfigurationError(f"check_val_every_n_epoch={check_val_every_n_epoch} must be >= 1.")
-        self.max_epochs = max_epochs
-        self.max_steps = max_steps
-        self.limit_train_batches = _check_limit("limit_train_batches", limit_train_batches)
-        self.limit_val_batches = _check_limit("limit_val_batches", limit_val_batches)
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-        self.val_check_interval = _check_limit("val_check_interval", val_check_interval)
-        if self.val_check_interval == 0:
-            raise ConfigurationError("val_check_interval=0 would never validate; pass None for end-of-epoch only.")
-        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
-            gradient_clip_val, gradient_clip_algorithm
+            self.accelerator = registry.available_accelerator(config.accelerator)
+        self.precision_plugin = self._select_precision(
+            config.precision, list(config.plugins), dict(config.precision_options)
         )
-        if not isinstance(accumulate_grad_batches, int) or isinstance(accumulate_grad_batches, bool):
-            raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches!r} must be an int >= 1.")
-        if accumulate_grad_batches < 1:
-            raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches} must be >= 1.")
-        self.accumulate_grad_batches = accumulate_grad_batches
-        if logger is True:
-            logger = CSVLogger()
-        elif logger is not None and logger is not False and not isinstance(logger, CSVLogger):
-            raise ConfigurationError(f"logger={logger!r} must be True, False, None or a prec.CSVLogger.")
-        self.logger: CSVLogger | None = logger or None
-        if isinstance(callbacks, Callback):
-            callbacks = [callbacks]
-        self.callbacks: list[Callback] = list(callbacks or [])
-        for callback in self.callbacks:
-            if not isinstance(callback, Callback):
-                raise ConfigurationError(f"callbacks must be prec.Callback instances, got {callback!r}.")
-        self.enable_progress_bar = enable_progress_bar
-        self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path.cwd()
+        self.precision_plugin.set_nonfinite_policy(config.nonfinite)
+        self.devices = self.accelerator.parse_devices(config.devices)
+        self.strategy = self._select_strategy(config.strategy, config.num_nodes)  # type: ignore[arg-type]
+
+        self.max_epochs = config.max_epochs
+        self.min_epochs = config.min_epochs
+        self.max_steps = config.max_steps
+        self.min_steps = config.min_steps
+        self.limit_train_batches = config.limit_train_batches
+        self.limit_val_batches = config.limit_val_batches
+        self.limit_test_batches = config.limit_test_batches
+        self.limit_predict_batches = config.limit_predict_batches
+        self.check_val_every_n_epoch = config.check_val_every_n_epoch
+        self.val_check_interval = config.val_check_interval
+        self.num_sanity_val_steps = config.num_sanity_val_steps
+        self.log_every_n_steps = config.log_every_n_steps
+        self.gradient_clip_val = config.gradient_clip_val
+        self.gradient_clip_algorithm = config.gradient_clip_algorithm
+        self.accumulate_grad_batches = config.accumulate_grad_batches
+        self.fast_dev_run = config.fast_dev_run
+        self.deterministic = config.deterministic
+        self.logger: CSVLogger | None = CSVLogger() if config.logger is True else (config.logger or None)
+        self.callbacks: list[Callback] = list(config.callbacks)
+        self.enable_progress_bar = config.enable_progress_bar
+        self.enable_checkpointing = config.enable_checkpointing
+        self.enable_model_summary = config.enable_model_summary
+        self.default_root_dir: Path = config.default_root_dir  # type: ignore[assignment]
 
         #: The loop state of the current (or last) run: counters, model, optimizers, metrics.
         self.state = RunState()
@@ -356,7 +415,7 @@ class Trainer:
                 raise ConfigurationError(
                     f"Trainer({name}={own!r}) and clip_gradients({name}={given!r}) both set it; set it in one place."
                 )
-        value, algorithm = _check_clipping(
+        value, algorithm = check_clipping(
             gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val,
             gradient_clip_algorithm or self.gradient_clip_algorithm,
         )
@@ -371,24 +430,3 @@ class _SkipInit(TorchFunctionMode):
         if getattr(func, "__module__", None) == "torch.nn.init":
             return kwargs.get("tensor", args[0] if args else None)
         return func(*args, **kwargs)
-
-
-def _check_clipping(value: Any, algorithm: Any) -> tuple[float | None, str | None]:
-    """``0`` means no clipping, like ``None``; a bad value or algorithm is a ConfigurationError now, not later."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
-        raise ConfigurationError(f"gradient_clip_val={value!r} must be a number >= 0 (0 or None: no clipping).")
-    if algorithm is not None and algorithm not in ("norm", "value"):
-        raise ConfigurationError(f"gradient_clip_algorithm={algorithm!r} must be 'norm' or 'value'.")
-    return (float(value) if value else None), algorithm
-
-
-def _check_limit(name: str, value: int | float | None) -> int | float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name}={value!r} must be an int (batches) or a float in [0, 1] (fraction).")
-    if isinstance(value, float) and not 0.0 <= value <= 1.0:
-        raise ConfigurationError(f"{name}={value} as a fraction must lie in [0, 1]; pass an int for a batch count.")
-    if isinstance(value, int) and value < 0:
-        raise ConfigurationError(f"{name}={value} must be >= 0.")
-    return value
