@@ -96,7 +96,7 @@ def save_hyperparameters(
                 f" state_dict: pass ignore=[{key!r}] to save_hyperparameters().",
                 PrecWarning,
             )
-    _unstorable(hparams, warn_now=True)
+    _unstorable({k: v for k, v in hparams.items() if not isinstance(v, torch.nn.Module)}, warn_now=True)
     object.__setattr__(obj, _STORE, hparams)
     object.__setattr__(obj, _INITIAL, copy.deepcopy(hparams))
 
