@@ -115,7 +115,9 @@ def test_early_stopping_state_survives_a_checkpoint_round_trip(tmp_path: Path) -
 
     resumed = prec.EarlyStopping(monitor="val_loss", patience=3)
     model = Scripted([0.9])  # no improvement over the restored best (0.5): one more check stops the run
-    trainer = prec.Trainer(accelerator="cpu", max_epochs=20, callbacks=[resumed], logger=False, enable_progress_bar=False)
+    trainer = prec.Trainer(
+        accelerator="cpu", max_epochs=20, callbacks=[resumed], logger=False, enable_progress_bar=False
+    )
     trainer.fit(model, _loader(), _loader(8), ckpt_path=tmp_path / "last.ckpt")
     assert resumed.best_score.item() == 0.5 and resumed.stopped_epoch == 4 and trainer.current_epoch == 5
 
@@ -214,7 +216,11 @@ def test_the_backbone_is_frozen_then_unfrozen_into_a_new_param_group(tmp_path: P
     start = model.backbone[0].weight.detach().clone()
     saver = prec.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
     trainer = prec.Trainer(
-        accelerator="cpu", max_epochs=3, callbacks=[finetuning, snapshots, saver], logger=False, enable_progress_bar=False
+        accelerator="cpu",
+        max_epochs=3,
+        callbacks=[finetuning, snapshots, saver],
+        logger=False,
+        enable_progress_bar=False,
     )
     trainer.fit(model, _loader())
     assert torch.equal(snapshots.weights[0], start)  # frozen in epoch 0

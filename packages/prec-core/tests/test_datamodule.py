@@ -72,7 +72,13 @@ def test_hooks_run_in_lightnings_order_and_feed_a_real_fit() -> None:
     stage = StageData("fit", model, data)
     stage.prepare()
     train, val = stage.loaders()
-    assert calls == ["dm.prepare_data", "module.prepare_data", "dm.setup:fit", "dm.train_dataloader", "dm.val_dataloader"]
+    assert calls == [
+        "dm.prepare_data",
+        "module.prepare_data",
+        "dm.setup:fit",
+        "dm.train_dataloader",
+        "dm.val_dataloader",
+    ]
     before = model.layer.weight.detach().clone()
     trainer = prec.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False)
     trainer.fit(model, train, val)

@@ -156,7 +156,13 @@ class Callback:
         """Before each ``predict_step``."""
 
     def on_predict_batch_end(
-        self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        module: TrainingModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         """After each ``predict_step``, with its output."""
 

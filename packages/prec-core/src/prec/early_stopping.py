@@ -104,9 +104,7 @@ class EarlyStopping(Callback):
         """Read ``monitor`` and update the counters; stop the run when a criterion is met (on any process)."""
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            message = (
-                f"EarlyStopping(monitor={self.monitor!r}) found no such logged metric; logged: {sorted(metrics)}."
-            )
+            message = f"EarlyStopping(monitor={self.monitor!r}) found no such logged metric; logged: {sorted(metrics)}."
             if self.strict:
                 raise ConfigurationError(message + " Log it with self.log(), or pass strict=False to skip.")
             if self.verbose:

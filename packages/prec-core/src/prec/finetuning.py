@@ -154,7 +154,10 @@ class BaseFinetuning(Callback):
                 continue
             optimizer = getattr(optimizer, "optimizer", optimizer)
             optimizer.param_groups = [
-                {**{k: v for k, v in group.items() if k != "params"}, "params": [parameters[n] for n in group["params"]]}
+                {
+                    **{k: v for k, v in group.items() if k != "params"},
+                    "params": [parameters[n] for n in group["params"]],
+                }
                 for group in groups
             ]
 

@@ -181,7 +181,13 @@ class TQDMProgressBar(ProgressBarCallback):
 
     @override
     def on_predict_batch_end(
-        self, trainer: Trainer, module: TrainingModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        module: TrainingModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self._advance(self.eval_bar, trainer, batch_idx, metrics=False)
 
