@@ -10,6 +10,8 @@ A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``)::
     loops               epoch, global_step, batches_seen in the epoch, RNG state at the epoch's start
     rng                 torch, Python and NumPy RNG states at save time
     callbacks           ``callback.state_dict()`` by ``state_key``
+    prec_checksum       {"algorithm", "digest"} of everything above, added by ``atomic_save`` and verified (and
+                        removed) by ``read_checkpoint`` (see ``prec.checkpoint_digest``)
 
 Resume is exact for an unshuffled loader and for a shuffled ``DataLoader`` that draws from torch's global RNG:
 mid-epoch, the loader is re-created from the RNG state of the epoch's start and the batches already seen are
@@ -22,12 +24,9 @@ rank's own random draws (dropout). Save at an optimizer-step boundary (``on_trai
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import sys
-import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,29 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prec._warnings import warn
+from prec.checkpoint_checks import (
+    check_foreign_checkpoint,
+    check_layout,
+    check_model_state,
+    load_optimizer_state,
+)
+from prec.checkpoint_io import STALE_TEMP_AGE_S, atomic_save, read_checkpoint, remove_stale_temporaries
 from prec.errors import CheckpointError, PrecWarning
+
+__all__ = [
+    "STALE_TEMP_AGE_S",
+    "atomic_save",
+    "build_checkpoint",
+    "capture_rng",
+    "check_foreign_checkpoint",
+    "check_layout",
+    "check_model_state",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "read_checkpoint",
+    "remove_stale_temporaries",
+    "restore_rng",
+]
 
 if TYPE_CHECKING:
     from prec.module import TrainingModule
@@ -70,31 +91,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         numpy.random.set_state((kind, keys.numpy().astype("uint32"), position, has_gauss, cached))
 
 
-# -- writing -----------------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: a process killed
-    mid-write leaves the previous file intact (and at worst a stray ``.*.tmp`` file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
+# -- writing ----------------------------------------------------------------------------------------------
 def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
     """Collect the checkpoint dict (on every process: a sharded strategy gathers the state here)."""
     state = trainer.strategy.module_state_dict(model)
@@ -126,27 +123,6 @@ def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
 
 
 # -- reading -----------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU; any unreadable file becomes a :class:`CheckpointError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}.")
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is corrupt, truncated or not"
-            f" a torch checkpoint. torch said: {type(error).__name__}: {reason}"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        keys = sorted(checkpoint)[:_LISTED] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a prec checkpoint: expected a dict with 'state_dict', got {keys}.")
-    return checkpoint
-
-
 def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.PathLike[str], stage: str) -> None:
     """Restore ``path`` into a set-up run: the model always; optimizers, schedulers, the precision's state,
     loop counters, RNG and callbacks for ``fit``."""
