@@ -69,7 +69,7 @@ def check_layout(path: Path, checkpoint: Mapping[str, Any]) -> None:
     for name, kind in parts.items():
         if name in checkpoint and not isinstance(checkpoint[name], kind):
             raise CheckpointError(
-                f"checkpoint {path}: {name!r} is a {type(checkpoint[name]).__name__}, not a"
+                f"checkpoint {path}: {name!r} is of type {type(checkpoint[name]).__name__}, not a"
                 f" {'list' if kind == (list, tuple) else 'dict'}; the file was edited or not written by prec."
             )
     bad_keys = [repr(key) for key in checkpoint["state_dict"] if not isinstance(key, str)]
