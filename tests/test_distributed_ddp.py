@@ -132,7 +132,7 @@ WORKER = textwrap.dedent(
             "launched_by": "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "prec",
         }
         if name in ("ddp32", "fsdp32"):
-            info["validate"] = trainer.validate(model, DataLoader(data(), batch_size=BATCH))
+            (info["validate"],) = trainer.validate(model, DataLoader(data(), batch_size=BATCH))
         (out / f"{name}_rank{rank}.json").write_text(json.dumps(info))
         if plain_scaler:
             DDPStrategy._synchronise_scaler = synchronise

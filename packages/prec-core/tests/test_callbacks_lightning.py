@@ -47,7 +47,14 @@ class Scripted(prec.TrainingModule):
 
 
 def _fit(model: prec.TrainingModule, callbacks: list[prec.Callback], **options: Any) -> prec.Trainer:
-    options = {"max_epochs": 20, "logger": False, "enable_progress_bar": False, **options}
+    options = {
+        "max_epochs": 20,
+        "logger": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,  # the scripted values count validation epochs of the fit itself
+        "log_every_n_steps": 1,
+        **options,
+    }
     trainer = prec.Trainer(accelerator="cpu", callbacks=callbacks, **options)
     trainer.fit(model, _loader(), _loader(8))
     return trainer

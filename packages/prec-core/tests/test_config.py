@@ -81,7 +81,7 @@ def _trainer(**arguments: Any) -> prec.Trainer:
         ({"plugins": prec.Precision(), "precision_options": {"a": 1}}, r"precision_options apply to a precision"),
         ({"strategy": 5}, r"strategy=5 must be a strategy name such as 'auto'"),
         ({"strategy": ""}, r"strategy='' must be a strategy name"),
-        ({"logger": "csv"}, r"logger='csv' must be True, False, None or a prec\.CSVLogger"),
+        ({"logger": "csv"}, r"logger='csv': 'csv' is not a logger"),
     ],
 )
 def test_bad_argument_is_a_configuration_error_naming_it(arguments: dict[str, Any], message: str) -> None:

@@ -59,7 +59,7 @@ def test_fit_at_every_cpu_precision(precision: str) -> None:
     torch.manual_seed(0)
     model = Regressor()
     trainer = prec.Trainer(accelerator="cpu", precision=precision, max_epochs=3, enable_progress_bar=False)
-    initial = trainer.validate(model, make_loader(32))["val_loss"]
+    (initial,) = (results["val_loss"] for results in trainer.validate(model, make_loader(32)))
     trainer.fit(model, make_loader(), make_loader(32))
     assert trainer.global_step == 12 and trainer.current_epoch == 3
     assert model.layer.weight.dtype == PARAM_DTYPES[precision]
@@ -140,14 +140,17 @@ _RECORDED = {"configure_model", "configure_optimizers", "setup", "teardown", "tr
 
 def test_hook_order_of_a_fit() -> None:
     model = Recorder()
-    trainer = prec.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, enable_progress_bar=False)
+    trainer = prec.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, enable_progress_bar=False, enable_checkpointing=False
+    )
     trainer.fit(model, make_loader(), make_loader(16))
     batch = [
         "on_train_batch_start", "training_step", "on_before_backward", "on_after_backward",
         "on_before_optimizer_step", "on_before_zero_grad", "on_train_batch_end",
     ]  # fmt: skip
+    sanity = ["on_validation_epoch_start", "validation_step", "on_validation_epoch_end"]  # one batch of 16
     expected = [
-        "configure_model", "setup", "configure_optimizers", "on_fit_start", "on_train_start",
+        "setup", "configure_model", "configure_optimizers", "on_fit_start", *sanity, "on_train_start",
         "on_train_epoch_start", *batch, *batch,
         "on_validation_epoch_start", "validation_step", "on_validation_epoch_end",
         "on_train_epoch_end", "on_train_end", "on_fit_end", "teardown",

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.hparams import CHECKPOINT_KEY, HyperparametersMixin, checkpoint_hparams
+from prec.hparams import CHECKPOINT_KEY, checkpoint_hparams
 
 
-class Net(HyperparametersMixin, prec.TrainingModule):
+class Net(prec.TrainingModule):
     def __init__(self, hidden: int = 8, lr: float = 0.1, activation: str = "relu", **extra: Any) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -43,7 +43,7 @@ def test_all_init_arguments_by_default_with_kwargs_flattened() -> None:
 
 
 def test_names_ignore_dicts_and_namespaces() -> None:
-    class Picky(HyperparametersMixin, prec.TrainingModule):
+    class Picky(prec.TrainingModule):
         def __init__(self, a: int, b: int, backbone: torch.nn.Module, mode: str = "names") -> None:
             super().__init__()
             if mode == "names":
@@ -62,7 +62,7 @@ def test_names_ignore_dicts_and_namespaces() -> None:
     assert Picky(3, 4, backbone, "namespace").hparams == {"depth": 4}
     with pytest.warns(prec.PrecWarning, match=r"'backbone' is a torch.nn.Module.*ignore=\['backbone'\]"):
 
-        class Greedy(HyperparametersMixin, prec.TrainingModule):
+        class Greedy(prec.TrainingModule):
             def __init__(self, backbone: torch.nn.Module) -> None:
                 super().__init__()
                 self.save_hyperparameters()
@@ -71,7 +71,7 @@ def test_names_ignore_dicts_and_namespaces() -> None:
 
 
 def test_a_subclass_chain_collects_every_init_and_the_outermost_wins() -> None:
-    class Base(HyperparametersMixin, prec.TrainingModule):
+    class Base(prec.TrainingModule):
         def __init__(self, width: int = 4, depth: int = 1) -> None:
             super().__init__()
             self.save_hyperparameters()
@@ -84,7 +84,7 @@ def test_a_subclass_chain_collects_every_init_and_the_outermost_wins() -> None:
 
 
 def test_explicit_frame_and_bad_arguments() -> None:
-    class Framed(HyperparametersMixin, prec.TrainingModule):
+    class Framed(prec.TrainingModule):
         def __init__(self, size: int = 2) -> None:
             super().__init__()
             self._helper(inspect.currentframe())
@@ -94,7 +94,7 @@ def test_explicit_frame_and_bad_arguments() -> None:
 
     assert Framed(5).hparams == {"size": 5}
 
-    class Wrong(HyperparametersMixin, prec.TrainingModule):
+    class Wrong(prec.TrainingModule):
         def __init__(self, size: int = 2) -> None:
             super().__init__()
             self.save_hyperparameters("sise")
@@ -133,7 +133,7 @@ def test_checkpoint_round_trip_rebuilds_the_module_from_its_hyperparameters(tmp_
 
 
 def test_empty_container_saves_nothing_and_primitives_are_refused() -> None:
-    class Empty(HyperparametersMixin, prec.TrainingModule):
+    class Empty(prec.TrainingModule):
         def __init__(self, value: Any = None) -> None:
             super().__init__()
             self.save_hyperparameters(value)

@@ -81,7 +81,8 @@ def test_callback_hooks_are_called() -> None:
     trainer = prec.Trainer(accelerator="cpu", max_epochs=1, enable_progress_bar=False, logger=False, callbacks=callback)
     trainer.fit(WithValidation(), make_loader(8), make_loader(4))
     assert callback.calls == [
-        "setup:fit", "batch_end", "batch_end", "validation_end", "epoch_end:0", "epoch_completed:1", "teardown:fit",
+        "setup:fit", "validation_end",  # the sanity check before training, as in Lightning
+        "batch_end", "batch_end", "validation_end", "epoch_end:0", "epoch_completed:1", "teardown:fit",
     ]  # fmt: skip
 
 

@@ -58,7 +58,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_log_fills_callback_metrics_with_step_values_and_epoch_means(tmp_path: Path) -> None:
-    trainer = prec.Trainer(accelerator="cpu", max_epochs=1, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = prec.Trainer(
+        accelerator="cpu", max_epochs=1, enable_progress_bar=False, default_root_dir=tmp_path, log_every_n_steps=1
+    )
     trainer.fit(Logged(), make_loader(), make_loader(8))
     metrics = trainer.callback_metrics
     assert set(metrics) == {"loss", "batch", "even", "val_loss"}
@@ -68,7 +70,9 @@ def test_log_fills_callback_metrics_with_step_values_and_epoch_means(tmp_path: P
 
 def test_csv_file_has_one_row_per_logged_step_written_in_batches(tmp_path: Path) -> None:
     model = Logged()
-    trainer = prec.Trainer(accelerator="cpu", max_epochs=2, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = prec.Trainer(
+        accelerator="cpu", max_epochs=2, enable_progress_bar=False, default_root_dir=tmp_path, log_every_n_steps=1
+    )
     trainer.fit(model, make_loader(), make_loader(8))
     assert model.file_seen_during_fit is False  # nothing written per step: rows are buffered
     path = tmp_path / "prec_logs" / "version_0" / "metrics.csv"
@@ -81,16 +85,18 @@ def test_csv_file_has_one_row_per_logged_step_written_in_batches(tmp_path: Path)
     assert float(rows[7]["batch"]) == pytest.approx(3.5) and rows[7]["val_loss"] != ""
     assert rows[7]["epoch"] == "0" and rows[8]["epoch"] == "1"
     # a second run writes the next version
-    prec.Trainer(accelerator="cpu", max_steps=1, enable_progress_bar=False, default_root_dir=tmp_path).fit(
-        Logged(), make_loader()
-    )
+    prec.Trainer(
+        accelerator="cpu", max_steps=1, enable_progress_bar=False, default_root_dir=tmp_path, log_every_n_steps=1
+    ).fit(Logged(), make_loader())
     assert (tmp_path / "prec_logs" / "version_1" / "metrics.csv").exists()
 
 
 def test_csv_logger_flushes_every_n_steps(tmp_path: Path) -> None:
     logger = prec.CSVLogger(tmp_path, name="runs", version="a", flush_every_n_steps=2)
     model = Logged()
-    prec.Trainer(accelerator="cpu", max_steps=6, enable_progress_bar=False, logger=logger).fit(model, make_loader())
+    prec.Trainer(accelerator="cpu", max_steps=6, enable_progress_bar=False, logger=logger, log_every_n_steps=1).fit(
+        model, make_loader()
+    )
     assert model.file_seen_during_fit is True  # written at step 2
     assert len(read_rows(tmp_path / "runs" / "a" / "metrics.csv")) == 6
 

@@ -22,6 +22,7 @@ def make_loader(n: int = 32, batch_size: int = 4) -> DataLoader[Any]:
 
 def make_trainer(**kwargs: Any) -> prec.Trainer:
     kwargs.setdefault("max_epochs", 1)
+    kwargs.setdefault("num_sanity_val_steps", 0)  # these tests count validation batches of the epochs themselves
     return prec.Trainer(accelerator="cpu", enable_progress_bar=False, logger=False, **kwargs)
 
 

@@ -147,9 +147,9 @@ def test_validate_test_and_predict() -> None:
     model = Probe()
     runner = trainer()
     runner.fit(model, make_loader())
-    assert set(runner.validate(model, make_loader())) == {"val_loss"}
+    assert set(runner.validate(model, make_loader())[0]) == {"val_loss"}
     check_step(model.seen["validation_step"])
-    assert set(runner.test(model, make_loader())) == {"test_loss"}
+    assert set(runner.test(model, make_loader())[0]) == {"test_loss"}
     check_step(model.seen["test_step"])
     predictions = runner.predict(model, make_loader())
     check_step(model.seen["predict_step"])

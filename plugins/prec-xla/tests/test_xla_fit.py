@@ -220,7 +220,7 @@ def test_validation_matches_the_cpu_accelerator(strategy: str, initial: Recorder
     trainer = prec.Trainer(accelerator="tpu", strategy=strategy, enable_progress_bar=False)
     assert trainer.strategy.name == "single_xla"  # "auto" picks the accelerator's single-device strategy
     on_xla = trainer.validate(model, loader)
-    assert on_xla["val_loss"] == pytest.approx(on_cpu["val_loss"], rel=1e-5)
+    assert on_xla[0]["val_loss"] == pytest.approx(on_cpu[0]["val_loss"], rel=1e-5)
     executions = metrics.metric_data("ExecuteTime")  # one graph per batch, not one for the whole epoch
     assert executions is not None and executions[0] >= len(loader)
 
@@ -231,6 +231,6 @@ def test_test_and_predict_with_single_xla(precision: str, initial: Recorder, dat
     model.load_state_dict(initial.state_dict())
     model.test_step = model.validation_step  # type: ignore[method-assign]
     trainer = prec.Trainer(accelerator="tpu", precision=precision, strategy="single_xla", enable_progress_bar=False)
-    assert set(trainer.test(model, data)) == {"val_loss"}
+    assert set(trainer.test(model, data)[0]) == {"val_loss"}
     predictions = trainer.predict(model, data)
     assert predictions[0].dtype == torch.float32 and predictions[0].shape == (16, 1)

@@ -10,6 +10,8 @@ A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``)::
     loops               epoch, global_step, batches_seen in the epoch, RNG state at the epoch's start
     rng                 torch, Python and NumPy RNG states at save time
     callbacks           ``callback.state_dict()`` by ``state_key``
+    prec_checksum       {"algorithm", "digest"} of everything above, added by ``atomic_save`` and verified (and
+                        removed) by ``read_checkpoint`` (see ``prec.checkpoint_digest``)
 
 Resume is exact for an unshuffled loader and for a shuffled ``DataLoader`` that draws from torch's global RNG:
 mid-epoch, the loader is re-created from the RNG state of the epoch's start and the batches already seen are
@@ -22,12 +24,9 @@ rank's own random draws (dropout). Save at an optimizer-step boundary (``on_trai
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import sys
-import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,30 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prec._warnings import warn
-from prec.errors import CheckpointError, PrecWarning
+from prec.checkpoint_checks import (
+    check_foreign_checkpoint,
+    check_layout,
+    check_model_state,
+    load_optimizer_state,
+)
+from prec.checkpoint_io import STALE_TEMP_AGE_S, atomic_save, read_checkpoint, remove_stale_temporaries
+from prec.errors import CheckpointError, ConfigurationError, PrecWarning
+from prec.hparams import checkpoint_hparams, hparams_of
+
+__all__ = [
+    "STALE_TEMP_AGE_S",
+    "atomic_save",
+    "build_checkpoint",
+    "capture_rng",
+    "check_foreign_checkpoint",
+    "check_layout",
+    "check_model_state",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "read_checkpoint",
+    "remove_stale_temporaries",
+    "restore_rng",
+]
 
 if TYPE_CHECKING:
     from prec.module import TrainingModule
@@ -70,31 +92,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         numpy.random.set_state((kind, keys.numpy().astype("uint32"), position, has_gauss, cached))
 
 
-# -- writing -----------------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: a process killed
-    mid-write leaves the previous file intact (and at worst a stray ``.*.tmp`` file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows it
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
+# -- writing ----------------------------------------------------------------------------------------------
 def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
     """Collect the checkpoint dict (on every process: a sharded strategy gathers the state here)."""
     state = trainer.strategy.module_state_dict(model)
@@ -114,6 +112,11 @@ def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
         "rng": capture_rng(),
         "callbacks": {callback.state_key: callback.state_dict() for callback in trainer.callbacks},
     }
+    hparams = hparams_of(model)
+    if hparams:
+        checkpoint["hyper_parameters"] = checkpoint_hparams(hparams)
+    if trainer.datamodule is not None:
+        checkpoint["datamodule"] = trainer.datamodule.state_dict()
     for callback in trainer.callbacks:
         callback.on_save_checkpoint(trainer, model, checkpoint)
     model.on_save_checkpoint(checkpoint)
@@ -121,42 +124,30 @@ def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
 
 
 # -- reading -----------------------------------------------------------------------------------------------
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU; any unreadable file becomes a :class:`CheckpointError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}.")
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is corrupt, truncated or not"
-            f" a torch checkpoint. torch said: {type(error).__name__}: {reason}"
-        ) from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        keys = sorted(checkpoint)[:_LISTED] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a prec checkpoint: expected a dict with 'state_dict', got {keys}.")
-    return checkpoint
-
-
 def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.PathLike[str], stage: str) -> None:
     """Restore ``path`` into a set-up run: the model always; optimizers, schedulers, the precision's state,
     loop counters, RNG and callbacks for ``fit``."""
     path = Path(path)
     checkpoint = read_checkpoint(path)
+    check_foreign_checkpoint(path, checkpoint, stage)
     saved_precision = checkpoint.get("precision", {}).get("name", "unknown")
     _load_model_state(trainer, model, checkpoint["state_dict"], path, saved_precision)
     if stage == "fit":
-        _load_optimizers(trainer, checkpoint, path)
-        _load_precision_state(trainer, checkpoint.get("precision_state", {}), path, saved_precision)
-        trainer.state.restore_loop_state(checkpoint.get("loops", {}), checkpoint.get("rng"))
+        # Callback states first (Lightning's order): a finetuning callback restores the param groups it added
+        # before the optimizer states that include them are loaded.
         states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:
             if callback.state_key in states:
                 callback.load_state_dict(states[callback.state_key])
+        for callback in trainer.callbacks:
+            restore = getattr(callback, "restore_param_groups", None)
+            if restore is not None:
+                restore(trainer, model)
+        _load_optimizers(trainer, checkpoint, path)
+        _load_precision_state(trainer, checkpoint.get("precision_state", {}), path, saved_precision)
+        trainer.state.restore_loop_state(checkpoint.get("loops", {}), checkpoint.get("rng"))
+        if trainer.datamodule is not None and "datamodule" in checkpoint:
+            trainer.datamodule.load_state_dict(checkpoint["datamodule"])
     for callback in trainer.callbacks:
         callback.on_load_checkpoint(trainer, model, checkpoint)
     model.on_load_checkpoint(checkpoint)
@@ -166,6 +157,10 @@ def _load_model_state(
     trainer: Trainer, model: TrainingModule, saved: dict[str, Any], path: Path, saved_precision: str
 ) -> None:
     current = trainer.strategy.module_state_dict(model)
+    check_model_state(path, saved, current)
+    prefix = "_orig_mod."  # saved from a torch.compile wrapper by hand: the same module underneath
+    if saved and all(key.startswith(prefix) for key in saved) and not any(key.startswith(prefix) for key in current):
+        saved = {key[len(prefix) :]: value for key, value in saved.items()}
     missing = [key for key in current if key not in saved]
     unexpected = [key for key in saved if key not in current]
     shapes = [
@@ -211,6 +206,9 @@ def _load_optimizers(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -
                 f" {len(targets)} {kind}s."
             )
         for index, (state, target) in enumerate(zip(saved, targets, strict=True)):
+            if kind == "optimizer":
+                load_optimizer_state(path, index, state, target)
+                continue
             try:
                 target.load_state_dict(state)
             except (ValueError, KeyError, RuntimeError) as error:
@@ -237,3 +235,21 @@ def _load_precision_state(trainer: Trainer, saved: dict[str, Any], path: Path, s
             PrecWarning,
         )
     precision.load_state_dict(saved)
+
+
+def resolve_checkpoint_path(trainer: Trainer, stage: str, ckpt_path: Any) -> str | os.PathLike[str] | None:
+    """``ckpt_path`` as a file: ``"best"`` is the best checkpoint the Trainer's :class:`prec.ModelCheckpoint`
+    kept, ``"last"`` its newest one; anything else is taken as a path."""
+    if ckpt_path not in ("best", "last"):
+        return ckpt_path
+    from prec.model_checkpoint import ModelCheckpoint
+
+    callbacks = [callback for callback in trainer.callbacks if isinstance(callback, ModelCheckpoint)]
+    found = [callback.best_model_path if ckpt_path == "best" else callback.latest_path for callback in callbacks]
+    found = [path for path in found if path]
+    if not found:
+        raise ConfigurationError(
+            f"{stage}(ckpt_path={ckpt_path!r}) found no checkpoint: no prec.ModelCheckpoint of this Trainer has saved"
+            " one yet. Pass a file path, or fit() with checkpointing enabled first."
+        )
+    return found[0]

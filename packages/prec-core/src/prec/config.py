@@ -22,7 +22,7 @@ from typing import Any, Literal
 from prec.accelerator import Accelerator, DeviceRequest, normalize_devices
 from prec.callbacks import Callback
 from prec.errors import ConfigurationError
-from prec.loggers import CSVLogger
+from prec.loggers import LoggerGroup, resolve_loggers
 from prec.precision import Precision
 from prec.strategy import Strategy
 
@@ -128,7 +128,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     fast_dev_run: int = 0
     deterministic: bool | Literal["warn"] | None = None
-    logger: CSVLogger | bool = True
+    logger: Any = True  # True, False/None, a logger or a list of them; stored as a LoggerGroup or None
     callbacks: tuple[Callback, ...] = ()
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
@@ -343,10 +343,8 @@ def _check_plugins(value: object) -> tuple[Precision, ...]:
     return tuple(items)  # type: ignore[arg-type]
 
 
-def _check_logger(value: object) -> CSVLogger | bool:
-    if value is None or isinstance(value, (bool, CSVLogger)):
-        return value or False  # type: ignore[return-value]
-    raise ConfigurationError(f"logger={_show(value)} must be True, False, None or a prec.CSVLogger.")
+def _check_logger(value: object) -> LoggerGroup | None:
+    return resolve_loggers(value)
 
 
 def _check_callbacks(value: object) -> tuple[Callback, ...]:

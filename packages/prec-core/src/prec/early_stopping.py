@@ -163,7 +163,7 @@ class EarlyStopping(Callback):
     @staticmethod
     def _skip(trainer: Trainer) -> bool:
         """Only ``fit`` decides (a standalone ``validate()`` never stops anything), never the sanity check."""
-        return trainer.state != "fit" or bool(getattr(trainer, "sanity_checking", False))
+        return trainer.state.stage != "fit" or trainer.sanity_checking
 
     # -- state ----------------------------------------------------------------------------------------------
     @override

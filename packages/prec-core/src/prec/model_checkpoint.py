@@ -67,6 +67,8 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.best_model_score: float | None = None
         self.last_model_path = ""
+        #: The newest checkpoint this callback wrote (what ``ckpt_path="last"`` resumes).
+        self.latest_path = ""
         self._last_step_saved = -1
 
     # -- hooks ----------------------------------------------------------------------------------------------
@@ -92,7 +94,7 @@ class ModelCheckpoint(Callback):
         """Save now (if the monitored metric earns a place in the top K) and prune the files that lost it."""
         self._last_step_saved = trainer.global_step
         assert self.dirpath is not None
-        metrics = trainer.callback_metrics
+        metrics = {**trainer.callback_metrics, "step": float(trainer.global_step), "epoch": float(epoch)}
         score: float | None = None
         if self.monitor is not None:
             if self.monitor not in metrics:
@@ -102,7 +104,7 @@ class ModelCheckpoint(Callback):
             score = float(metrics[self.monitor])
             if math.isnan(score):
                 score = math.inf if self.mode == "min" else -math.inf
-        values = {"epoch": epoch, "step": trainer.global_step, **{k: float(v) for k, v in metrics.items()}}
+        values = {**{k: float(v) for k, v in metrics.items()}, "epoch": epoch, "step": trainer.global_step}
         path = str(self.dirpath / f"{self._format(values)}.ckpt")
         evicted: list[str] = []
         keep = self.save_top_k != 0
@@ -129,12 +131,19 @@ class ModelCheckpoint(Callback):
             self.last_model_path = str(self.dirpath / "last.ckpt")
         if keep:
             trainer.save_checkpoint(path)
+            self.latest_path = path
         if self.save_last:
             trainer.save_checkpoint(self.last_model_path)
+            self.latest_path = self.last_model_path
         if trainer.is_global_zero:
             for old in evicted:
                 if old != path and old != self.last_model_path:
                     Path(old).unlink(missing_ok=True)
+
+    @property
+    def kth_best_model_path(self) -> str:
+        """The worst of the ``save_top_k`` kept checkpoints (the next to be replaced), as in Lightning."""
+        return self._worst() if self.best_k_models else ""
 
     def _format(self, values: dict[str, float]) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -167,6 +176,7 @@ class ModelCheckpoint(Callback):
             "best_model_path": self.best_model_path,
             "best_model_score": self.best_model_score,
             "last_model_path": self.last_model_path,
+            "latest_path": self.latest_path,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -177,3 +187,4 @@ class ModelCheckpoint(Callback):
         self.best_model_path = state_dict.get("best_model_path", "")
         self.best_model_score = state_dict.get("best_model_score")
         self.last_model_path = state_dict.get("last_model_path", "")
+        self.latest_path = state_dict.get("latest_path", "")

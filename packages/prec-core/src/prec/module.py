@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from prec.errors import ConfigurationError
+from prec.hparams import HyperparametersMixin
 
 if TYPE_CHECKING:
     from prec.trainer import Trainer
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 StepOutput = Tensor | Mapping[str, Any] | None
 
 
-class TrainingModule(torch.nn.Module):
+class TrainingModule(HyperparametersMixin, torch.nn.Module):
     """Subclass it, implement ``training_step`` and ``configure_optimizers``, and hand it to a Trainer.
 
     Hooks are no-ops here; the Trainer only calls the ones a subclass overrides, so unused hooks cost nothing.
@@ -146,6 +147,14 @@ class TrainingModule(torch.nn.Module):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, strict: bool = True, **overrides: Any) -> Any:
+        """Build the module from the hyperparameters a checkpoint saved (``save_hyperparameters``), with
+        ``overrides``, and load its weights."""
+        from prec.hparams import load_from_checkpoint
+
+        return load_from_checkpoint(cls, checkpoint_path, strict=strict, **overrides)
+
     # -- trainer access -------------------------------------------------------------------------------------
     @property
     def trainer(self) -> Trainer:
@@ -261,3 +270,18 @@ class TrainingModule(torch.nn.Module):
     ) -> Tensor | None:
         """Clip ``optimizer``'s gradients (unscaled first under a grad scaler); returns the total norm."""
         return self.trainer.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def unwrap_compiled(stage: str, model: Any) -> TrainingModule:
+    """The TrainingModule behind ``model``: ``torch.compile(module)`` is unwrapped, and the module's ``forward``
+    compiled with the same settings, so hooks and ``training_step`` stay the module's own and checkpoints carry
+    no ``_orig_mod.`` prefix."""
+    original = getattr(model, "_orig_mod", None)
+    context = getattr(model, "dynamo_ctx", None)
+    if isinstance(original, TrainingModule) and isinstance(model, torch.nn.Module) and context is not None:
+        if "forward" not in original.__dict__:  # compile once, even when the same wrapper is passed again
+            original.forward = context(original.forward)
+        return original
+    if not isinstance(model, TrainingModule):
+        raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
+    return model

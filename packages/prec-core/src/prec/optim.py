@@ -23,6 +23,8 @@ class LRSchedulerConfig:
     frequency: int = 1
     monitor: str | None = None
     optimizer: torch.optim.Optimizer | None = None
+    #: The name LearningRateMonitor logs it under (``{"scheduler": ..., "name": ...}``).
+    name: str | None = None
 
 
 def parse_optimizers(config: Any) -> tuple[list[torch.optim.Optimizer], list[LRSchedulerConfig]]:
@@ -87,7 +89,9 @@ def _scheduler_config(item: Any, monitor: str | None = None) -> LRSchedulerConfi
         frequency = int(item.get("frequency", 1))
         if frequency < 1:
             raise ConfigurationError(f"lr_scheduler frequency={frequency} must be >= 1.")
-        return LRSchedulerConfig(item["scheduler"], interval, frequency, item.get("monitor", monitor))
+        return LRSchedulerConfig(
+            item["scheduler"], interval, frequency, item.get("monitor", monitor), name=item.get("name")
+        )
     if not hasattr(item, "step"):
         raise ConfigurationError(f"{item!r} is not an LR scheduler (it has no step()).")
     return LRSchedulerConfig(item, monitor=monitor)
@@ -100,11 +104,17 @@ def _bad(config: Any) -> ConfigurationError:
     )
 
 
-def step_schedulers(trainer: Trainer, interval: str) -> None:
-    """Step the schedulers of ``interval`` whose frequency is due (not after a skipped optimizer step)."""
+def step_schedulers(trainer: Trainer, interval: str, monitored: bool | None = None) -> None:
+    """Step the schedulers of ``interval`` whose frequency is due (not after a skipped optimizer step), through
+    the module's ``lr_scheduler_step`` when it overrides it. ``monitored``: only the schedulers that monitor a
+    metric (``True``), only the others (``False``), or all (``None``)."""
     precision = trainer.precision_plugin
+    model = trainer.model
+    custom = model is not None and type(model).lr_scheduler_step is not _default_scheduler_step()
     for config in trainer.lr_scheduler_configs:
         if config.interval != interval:
+            continue
+        if monitored is not None and (config.monitor is not None) != monitored:
             continue
         # A skipped optimizer step (inf/NaN gradients under a grad scaler) must not advance the schedule.
         if interval == "step" and precision.step_skipped:
@@ -118,9 +128,42 @@ def step_schedulers(trainer: Trainer, interval: str) -> None:
                 raise ConfigurationError(
                     f"the LR scheduler monitors {config.monitor!r}, which was not logged; logged: {sorted(metrics)}."
                 )
-            config.scheduler.step(metrics[config.monitor])
+            metric = metrics[config.monitor]
         else:
+            metric = None
+        if custom:
+            model.lr_scheduler_step(config.scheduler, metric)  # type: ignore[union-attr]
+        elif metric is None:
             config.scheduler.step()
+        else:
+            config.scheduler.step(metric)
+
+
+def _default_scheduler_step() -> Any:
+    from prec.module import TrainingModule
+
+    return TrainingModule.lr_scheduler_step
+
+
+class StepOptimizer:
+    """The optimizer handed to a module's ``optimizer_step`` hook: ``step(closure=...)`` runs the closure (which
+    returns the loss prec already computed) and steps through the precision (grad scaler, non-finite guard)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, precision: Any, update: bool) -> None:
+        self.optimizer = optimizer
+        self._precision = precision
+        self._update = update
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        result = closure() if closure is not None else None
+        self._precision.optimizer_step(self.optimizer, update=self._update, **kwargs)
+        return result
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
 
 
 class ManualOptimizer:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from prec.callbacks import Callback
-from prec.metrics import MetricStore
+from prec.loggers import record_precision_metrics
 
 if TYPE_CHECKING:
     from prec.module import StepOutput, TrainingModule
@@ -25,50 +25,6 @@ if TYPE_CHECKING:
 
 _REFRESH_SECONDS = 0.25
 _STAGE_TITLES = {"validate": "Validate", "test": "Test", "predict": "Predict"}
-
-
-class ProgressBar:
-    """The training bar the loops drive: ``start_epoch`` / ``advance`` per batch / ``close``."""
-
-    def __init__(self, enabled: bool, metrics: MetricStore, on_refresh: Callable[[], None] | None = None) -> None:
-        self.enabled = enabled
-        self.metrics = metrics
-        self.on_refresh = on_refresh  # called before each refresh (records the loss scale under a scaler)
-        self.bar: Any = None
-        self.last_refresh = 0.0
-
-    def start_epoch(self, epoch: int, total: float, initial: int = 0) -> None:
-        if not self.enabled:
-            return
-        self.close()
-        self.bar = _tqdm(total, f"Epoch {epoch}", leave=True, file=None)
-        if initial:  # a resumed epoch starts where the checkpoint left it
-            self.bar.update(initial)
-        self.last_refresh = time.monotonic()
-
-    def advance(self) -> None:
-        bar = self.bar
-        if bar is None:
-            return
-        bar.update(1)
-        now = time.monotonic()
-        if now - self.last_refresh >= _REFRESH_SECONDS:
-            self.last_refresh = now
-            if self.on_refresh is not None:
-                self.on_refresh()
-            metrics = self.metrics.progress_bar_metrics()
-            if metrics:
-                bar.set_postfix(metrics, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            if self.on_refresh is not None:
-                self.on_refresh()
-            metrics = self.metrics.progress_bar_metrics()
-            if metrics:
-                self.bar.set_postfix(metrics, refresh=False)
-            self.bar.close()
-            self.bar = None
 
 
 class ProgressBarCallback(Callback):
@@ -150,7 +106,7 @@ class TQDMProgressBar(ProgressBarCallback):
     @override
     def on_validation_end(self, trainer: Trainer, module: TrainingModule) -> None:
         self._close_eval()
-        if trainer.state == "validate" and trainer.is_global_zero:
+        if trainer.state.stage == "validate" and trainer.is_global_zero:
             self.print_results("validate", _floats(trainer.callback_metrics))
 
     @override
@@ -218,6 +174,8 @@ class TQDMProgressBar(ProgressBarCallback):
         now = time.monotonic()
         if metrics and now - self.last_refresh >= _REFRESH_SECONDS:
             self.last_refresh = now
+            if trainer.state.stage == "fit" and not trainer.sanity_checking:
+                record_precision_metrics(trainer)
             values = trainer.progress_bar_metrics
             if values:
                 bar.set_postfix(values, refresh=False)
@@ -225,6 +183,7 @@ class TQDMProgressBar(ProgressBarCallback):
 
     def _close_train(self, trainer: Trainer) -> None:
         if self.train_bar is not None:
+            record_precision_metrics(trainer)
             values = trainer.progress_bar_metrics
             if values:
                 self.train_bar.set_postfix(values, refresh=False)

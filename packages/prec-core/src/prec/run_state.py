@@ -9,6 +9,7 @@ another module's private attributes.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class RunState:
         self.epoch_start_rng: dict[str, Any] | None = None
         #: Set by a callback or the module to end ``fit`` after the current batch.
         self.should_stop = False
+        #: Whether the "min_epochs/min_steps not met" notice was given in this run.
+        self.min_notice_given = False
+        #: True while the sanity check (a few validation batches before training) runs.
+        self.sanity_checking = False
         self.ckpt_path: str | os.PathLike[str] | None = None
         self.model: TrainingModule | None = None
         #: The module as the strategy wrapped it (DDP, FSDP …); the model itself on one device.
@@ -56,6 +61,8 @@ class RunState:
         self.metrics = MetricStore()
         #: ``id()`` of the optimizers stepped in the current manual-optimization ``training_step``.
         self.manual_stepped: set[int] = set()
+        #: Training batches per epoch of the current fit (``limit_train_batches`` applied; ``inf`` if unsized).
+        self.train_batches: float | None = None
         self._resume: ResumePoint | None = None
         self._manual_wrappers: list[Any] = []
 
@@ -65,6 +72,7 @@ class RunState:
         self.model = model
         self.ckpt_path = ckpt_path
         self.should_stop = False
+        self.min_notice_given = False
         self.metrics.training = stage == "fit"
 
     def finish(self) -> None:
@@ -91,6 +99,22 @@ class RunState:
         """The pending resume point, once: the epoch that consumes it is the resumed one."""
         resume, self._resume = self._resume, None
         return resume
+
+    def estimated_stepping_batches(self, trainer: Any) -> int | float:
+        """Optimizer steps the last ``fit`` takes: batches per epoch (after ``limit_train_batches``) divided by
+        ``accumulate_grad_batches``, times the epochs, capped by ``max_steps``."""
+        if self.train_batches is None:
+            raise RuntimeError("estimated_stepping_batches is known once fit() has its training loader.")
+        per_epoch = (
+            math.ceil(self.train_batches / trainer.accumulate_grad_batches)
+            if self.train_batches != math.inf
+            else math.inf
+        )
+        epochs = trainer.max_epochs if trainer.max_epochs is not None else math.inf
+        total = per_epoch * epochs if per_epoch != 0 else 0
+        if trainer.max_steps != -1:
+            total = min(total, trainer.max_steps)
+        return int(total) if total != math.inf else math.inf
 
     # -- manual optimization ----------------------------------------------------------------------------------
     def manual_optimizers(self, make: Any) -> list[Any]:

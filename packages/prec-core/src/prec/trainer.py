@@ -13,14 +13,19 @@ from torch.overrides import TorchFunctionMode
 
 from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
+from prec.checkpoint import resolve_checkpoint_path
 from prec.config import TrainerConfig, check_clipping, reject_unknown_arguments
+from prec.datamodule import DataModule, StageData
 from prec.errors import ConfigurationError
-from prec.loggers import CSVLogger
-from prec.module import TrainingModule
+from prec.loggers import LoggerGroup
+from prec.model_checkpoint import ModelCheckpoint
+from prec.module import TrainingModule, unwrap_compiled
 from prec.names import AUTO
 from prec.plugins import get_registry
 from prec.precision import NonFinitePolicy, Precision
+from prec.progress import ProgressBarCallback, TQDMProgressBar
 from prec.run_state import RunState
+from prec.seed import Deterministic
 from prec.strategy import Strategy
 
 
@@ -67,8 +72,9 @@ class Trainer:
             checkpoints or sanity validation; ``False``/``0``: off.
         deterministic: ``True``: ``torch.use_deterministic_algorithms(True)``; ``"warn"``: the same with
             ``warn_only=True``; ``False``: turn it off; ``None``: leave torch's setting as it is.
-        logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, or a
-            logger instance.
+        logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, a logger
+            (:class:`prec.CSVLogger`, :class:`prec.TensorBoardLogger` or any object following
+            :class:`prec.loggers.Logger`) or a list of loggers.
         callbacks: a :class:`prec.Callback` or a list of them.
         enable_progress_bar: show a progress bar (``True``/``False``).
         enable_checkpointing: with no :class:`prec.ModelCheckpoint` in ``callbacks``, add one that saves the
@@ -109,7 +115,7 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         fast_dev_run: bool | int = False,
         deterministic: bool | Literal["warn"] | None = None,
-        logger: CSVLogger | bool | None = True,
+        logger: Any = True,
         callbacks: Callback | Iterable[Callback] | None = None,
         enable_progress_bar: bool = True,
         enable_checkpointing: bool = True,
@@ -185,7 +191,9 @@ class Trainer:
         self.accumulate_grad_batches = config.accumulate_grad_batches
         self.fast_dev_run = config.fast_dev_run
         self.deterministic = config.deterministic
-        self.logger: CSVLogger | None = CSVLogger() if config.logger is True else (config.logger or None)
+        #: Every logger behind one object with the loop's row interface (``None``: no logging).
+        self.log_sink: LoggerGroup | None = config.logger
+        self.logger: Any = self.log_sink.loggers[0] if self.log_sink is not None else None
         self.callbacks: list[Callback] = list(config.callbacks)
         self.enable_progress_bar = config.enable_progress_bar
         self.enable_checkpointing = config.enable_checkpointing
@@ -194,6 +202,30 @@ class Trainer:
 
         #: The loop state of the current (or last) run: counters, model, optimizers, metrics.
         self.state = RunState()
+        #: The DataModule of the current (or last) run, if any.
+        self.datamodule: DataModule | None = None
+        #: Batches the current run's loops take per epoch (``inf``: an unsized loader), for progress bars.
+        self.num_training_batches: float | None = None
+        self.num_val_batches: float | None = None
+        self.num_test_batches: float | None = None
+        self.num_predict_batches: float | None = None
+        if self.fast_dev_run:  # n batches of every stage, once, touching nothing on disk
+            runs = self.fast_dev_run
+            self.limit_train_batches = self.limit_val_batches = runs
+            self.limit_test_batches = self.limit_predict_batches = runs
+            self.max_epochs, self.max_steps, self.min_epochs, self.min_steps = 1, runs, None, None
+            self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, None, 1
+            self.log_sink = self.logger = None
+            self.enable_checkpointing = False
+        if self.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in self.callbacks):
+            self.callbacks.append(ModelCheckpoint())
+        bars = [c for c in self.callbacks if isinstance(c, ProgressBarCallback)]
+        if bars and not self.enable_progress_bar:
+            raise ConfigurationError(
+                f"enable_progress_bar=False, but callbacks holds {type(bars[0]).__name__}; drop one of them."
+            )
+        if self.enable_progress_bar and not bars:
+            self.callbacks.append(TQDMProgressBar())
 
     # -- selection ------------------------------------------------------------------------------------------
     def _select_precision(self, precision: Any, plugins: Any, options: dict[str, Any]) -> Precision:
@@ -280,9 +312,19 @@ class Trainer:
         self.state.should_stop = bool(value)
 
     @property
+    def sanity_checking(self) -> bool:
+        """True while the validation sanity check before training runs (callbacks skip their work then)."""
+        return self.state.sanity_checking
+
+    @property
+    def registry(self) -> Any:
+        """The plugin registry this Trainer selected its accelerator, precision and strategy from."""
+        return self._registry
+
+    @property
     def loggers(self) -> list[Any]:
         """Every logger of this Trainer."""
-        return [self.logger] if self.logger is not None else []
+        return list(self.log_sink.loggers) if self.log_sink is not None else []
 
     @property
     def model(self) -> TrainingModule | None:
@@ -326,34 +368,75 @@ class Trainer:
         model: TrainingModule,
         train_dataloaders: Iterable[Any] | None = None,
         val_dataloaders: Iterable[Any] | None = None,
+        datamodule: DataModule | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Train ``model`` on ``train_dataloaders``; validate on ``val_dataloaders`` after each epoch.
+        """Train ``model`` on ``train_dataloaders`` (or the datamodule's, or the module's own
+        ``train_dataloader()``); validate on the validation loader after each epoch.
 
-        ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint`: model, optimizers,
-        schedulers, the precision's state (grad scaler), loop counters and RNG (see :mod:`prec.checkpoint`)."""
-        if train_dataloaders is None:
-            raise ConfigurationError("fit() needs train_dataloaders.")
-        self._launch("fit", model, train_dataloaders, val_dataloaders, ckpt_path=ckpt_path)
+        ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint` (``"last"``: the newest one the
+        :class:`prec.ModelCheckpoint` callback wrote): model, optimizers, schedulers, the precision's state (grad
+        scaler), loop counters and RNG (see :mod:`prec.checkpoint`)."""
+        model = self._module("fit", model)
+        data = StageData("fit", model, datamodule, train_dataloaders, val_dataloaders)
+        self._launch("fit", model, data, ckpt_path)
 
     def validate(
-        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
-    ) -> dict[str, float]:
-        """Run ``validation_step`` over ``dataloaders``; return the epoch metrics. ``ckpt_path`` loads weights."""
-        return self._launch("validate", model, dataloaders, ckpt_path=ckpt_path)
+        self,
+        model: TrainingModule | None = None,
+        dataloaders: Iterable[Any] | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        datamodule: DataModule | None = None,
+    ) -> list[dict[str, float]]:
+        """Run ``validation_step`` over the loader; return the epoch metrics as a list with one dict per loader
+        (as Lightning does). Without ``model``, the Trainer's last one; ``ckpt_path`` (a path, ``"best"`` or
+        ``"last"``) loads weights first."""
+        return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
 
     def test(
-        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
-    ) -> dict[str, float]:
-        """Run ``test_step`` over ``dataloaders``; return the epoch metrics. ``ckpt_path`` loads weights."""
-        return self._launch("test", model, dataloaders, ckpt_path=ckpt_path)
+        self,
+        model: TrainingModule | None = None,
+        dataloaders: Iterable[Any] | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        datamodule: DataModule | None = None,
+    ) -> list[dict[str, float]]:
+        """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader."""
+        return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
 
     def predict(
-        self, model: TrainingModule, dataloaders: Iterable[Any], ckpt_path: str | os.PathLike[str] | None = None
+        self,
+        model: TrainingModule | None = None,
+        dataloaders: Iterable[Any] | None = None,
+        datamodule: DataModule | None = None,
+        ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[Any]:
-        """Run ``predict_step`` over ``dataloaders``; return the outputs, passed through the precision's
+        """Run ``predict_step`` over the loader; return the outputs, passed through the precision's
         ``convert_output`` (float32 for 16-bit precisions). ``ckpt_path`` loads weights."""
-        return self._launch("predict", model, dataloaders, ckpt_path=ckpt_path)
+        model = self._module("predict", model)
+        data = StageData("predict", model, datamodule, dataloaders)
+        return self._launch("predict", model, data, ckpt_path)
+
+    def _evaluate(
+        self, stage: str, model: TrainingModule | None, loaders: Any, ckpt_path: Any, datamodule: Any
+    ) -> list[dict[str, float]]:
+        model = self._module(stage, model)
+        data = StageData(stage, model, datamodule, loaders)
+        return self._launch(stage, model, data, ckpt_path)
+
+    def _module(self, stage: str, model: Any) -> TrainingModule:
+        """The module to run: the one given (``torch.compile(module)`` is unwrapped, its forward compiled with the
+        same settings), or the Trainer's last one for evaluation stages."""
+        if model is None and stage != "fit":
+            if self.model is None:
+                raise ConfigurationError(f"{stage}() needs a model: pass one, or call fit() on this Trainer first.")
+            return self.model
+        return unwrap_compiled(stage, model)
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps ``fit`` will take (``inf`` for an unsized loader without ``max_steps``); known once a
+        run has its training loader (it is read from the last ``fit``)."""
+        return self.state.estimated_stepping_batches(self)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint of the current run to ``path`` atomically (global rank zero writes; every process
@@ -368,31 +451,41 @@ class Trainer:
             atomic_save(checkpoint, path)
         self.strategy.barrier("save_checkpoint")
 
-    def _launch(self, stage: str, model: TrainingModule, *loaders: Any, ckpt_path: Any = None) -> Any:
-        if not isinstance(model, TrainingModule):
-            raise ConfigurationError(f"{stage}() takes a prec.TrainingModule, got {type(model).__name__}.")
+    def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
+        ckpt_path = resolve_checkpoint_path(self, stage, ckpt_path)
         # The strategy decides how many processes run the stage (a bound method, so it can be pickled).
-        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, *loaders)
+        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
-    def _run_stage(self, stage: str, model: TrainingModule, ckpt_path: Any, *loaders: Any) -> Any:
+    def _run_stage(self, stage: str, model: TrainingModule, ckpt_path: Any, data: StageData) -> Any:
         from prec import evaluation, loops
 
         self.state.start(stage, model, ckpt_path)
+        self.datamodule = data.datamodule
+        if data.datamodule is not None:
+            data.datamodule.trainer = self
         object.__setattr__(model, "_prec_trainer", self)  # plain attribute: no nn.Module bookkeeping
+        failed = True
         try:
-            self.strategy.setup_environment()
-            loops.setup_model(self, model, stage)
-            if stage == "fit":
-                return loops.run_fit(self, model, *loaders)
-            if stage == "predict":
-                return evaluation.run_predict(self, model, *loaders)
-            return evaluation.run_evaluation(self, model, *loaders, stage)
+            with Deterministic(self.deterministic):
+                self.strategy.setup_environment()
+                strategy = self.strategy
+                data.prepare(local_rank=strategy.local_rank, global_rank=strategy.global_rank, barrier=strategy.barrier)
+                loops.setup_model(self, model, stage)
+                loaders = data.loaders(worker_rank=strategy.global_rank)
+                if stage == "fit":
+                    result = loops.run_fit(self, model, *loaders)
+                elif stage == "predict":
+                    result = evaluation.run_predict(self, model, *loaders)
+                else:
+                    result = evaluation.run_evaluation(self, model, *loaders, stage)
+                failed = False
+                return result
         except BaseException as exception:
             for callback in self.callbacks:
                 callback.on_exception(self, model, exception)
             raise
         finally:
-            loops.teardown_run(self, model, stage)
+            loops.teardown_run(self, model, stage, data, failed)
 
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def manual_optimizers(self) -> list[Any]:

@@ -1,0 +1,124 @@
+"""TensorBoard event files through ``torch.utils.tensorboard`` (needs ``pip install 'prec-core[tensorboard]'``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prec.errors import ConfigurationError
+from prec.loggers._buffer import RowBuffer
+from prec.loggers._protocol import check_writable, version_dir
+
+
+class TensorBoardLogger(RowBuffer):
+    """Write logged metrics as TensorBoard scalars to ``{save_dir}/{name}/version_{n}/``.
+
+    Every ``self.log`` value with ``logger=True`` becomes a scalar at its step, as do the precision's own
+    numbers (``loss_scale``, ``skipped_steps``) and ``epoch``. :meth:`log_hyperparams` writes the HPARAMS tab.
+    Only global rank zero writes; the folder is checked at the run's start.
+
+    Args:
+        save_dir: the root folder; ``None`` uses the Trainer's ``default_root_dir``.
+        name: the subfolder for this experiment (the same as a CSVLogger's puts both in one folder).
+        version: an int (``version_{n}``), a folder name, or ``None`` for the next ``version_{n}`` without
+            event files.
+        flush_every_n_steps: how many steps' rows are kept in memory before they are written.
+        hparams: hyper-parameters to write at the run's start (see :meth:`log_hyperparams`).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str] | None = None,
+        name: str = "prec_logs",
+        version: int | str | None = None,
+        flush_every_n_steps: int = 100,
+        hparams: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(flush_every_n_steps)
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - fail here, not at the run's start
+        except ImportError as error:
+            raise ConfigurationError(
+                f"TensorBoardLogger needs the tensorboard package: pip install 'prec-core[tensorboard]' ({error})."
+            ) from error
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.name = name
+        self._version = version
+        self.enabled = True
+        self.hparams = dict(hparams) if hparams is not None else None
+        self._writer: Any = None
+        self._resolved_dir: Path | None = None
+
+    def setup(self, root_dir: Path, is_global_zero: bool) -> None:
+        if self.save_dir is None:
+            self.save_dir = Path(root_dir)
+        self.enabled = is_global_zero
+        if is_global_zero:
+            check_writable(self.log_dir, "TensorBoardLogger")
+            if self.hparams:
+                self.log_hyperparams(self.hparams)
+
+    @property
+    def log_dir(self) -> Path:
+        if self._resolved_dir is None:
+            if self.save_dir is None:
+                raise ConfigurationError("TensorBoardLogger has no save_dir yet: pass one or attach it to a Trainer.")
+            self._resolved_dir = version_dir(self.save_dir, self.name, self._version, "events.out.tfevents.*")
+        return self._resolved_dir
+
+    @property
+    def experiment(self) -> Any:
+        """The ``torch.utils.tensorboard.SummaryWriter`` (opened on first use), for anything beyond scalars."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        writer = self.experiment
+        for name, value in metrics.items():
+            writer.add_scalar(name, float(value), global_step=step)
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        """Write ``params`` (nested mappings flattened with ``/``) to the HPARAMS tab."""
+        if not self.enabled:
+            return
+        flat = {
+            key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in _flatten(params).items()
+        }
+        self.experiment.add_hparams(flat, {}, run_name=".")  # ".": the run's own folder, not a timestamped one
+
+    def flush(self) -> None:
+        rows = self.take_rows()
+        if not self.enabled:
+            return
+        for step, epoch, values in rows:
+            self.log_metrics({**values, "epoch": float(epoch)}, step)
+        if self._writer is not None:
+            self._writer.flush()
+
+    def finalize(self, status: str) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __repr__(self) -> str:
+        return f"TensorBoardLogger(save_dir={str(self.save_dir)!r}, name={self.name!r})"
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
