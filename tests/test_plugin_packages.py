@@ -58,6 +58,7 @@ def prec_register_precisions(register):
     raise RuntimeError("the fp8 kernels are missing")
 """
 CLASH = """
+import torch
 import prec
 
 
@@ -78,15 +79,16 @@ def prec_register_accelerators(register):
 
 @prec.hookimpl
 def prec_register_precisions(register):
-    register("clash-true", "cpu", lambda accelerator: prec.Precision())
+    register("clash-true", "cpu", lambda accelerator: prec.TruePrecision("clash-true", torch.float32))
 """
 DUPLICATE = """
+import torch
 import prec
 
 
 @prec.hookimpl
 def prec_register_precisions(register):
-    register("{name}", "cpu", lambda accelerator: prec.Precision())
+    register("{name}", "cpu", lambda accelerator: prec.TruePrecision("{name}", torch.float32))
 """
 
 SCENARIOS = r"""
@@ -250,7 +252,7 @@ def test_conflicts_name_both_distributions_and_block_the_key(report: dict[str, A
     assert report["fit_clash_pair"]["error"].startswith("UnsupportedPrecisionError: precision 'clash-true' on 'cpu'")
     assert both in report["fit_clash_pair"]["error"]
     assert report["fit_clash_accelerator"]["error"].startswith("UnknownAcceleratorError: accelerator 'clashacc'")
-    assert report["disabled_fit_clash_pair"] == {"ok": True, "precision": "32-true", "steps": 8}  # once one yields
+    assert report["disabled_fit_clash_pair"] == {"ok": True, "precision": "clash-true", "steps": 8}  # once one yields
 
 
 def test_one_entry_point_name_in_two_distributions_loads_both(report: dict[str, Any]) -> None:
