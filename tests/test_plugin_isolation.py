@@ -117,7 +117,10 @@ def test_asking_for_what_the_broken_plugin_registered_names_it(register: Registe
     ("hooks", "message"),
     [
         ({"prec_register_precisions": lambda register: register("x", "cpu", "no factory")}, "is not callable"),
-        ({"prec_register_precisions": lambda register: register("x", "cpu", named_float32("x"), aliases="xx")}, "aliases"),
+        (
+            {"prec_register_precisions": lambda register: register("x", "cpu", named_float32("x"), aliases="xx")},
+            "aliases",
+        ),
         (
             {"prec_register_precisions": lambda register: register("x", "cpu", named_float32("x"), priority="high")},
             "priority",

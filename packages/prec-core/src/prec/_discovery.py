@@ -3,12 +3,12 @@ distribution, so each one costs a file read, and metadata is parsed only for tho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import contextlib
 import math
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import Distribution, EntryPoint, distributions
 from typing import Any
 

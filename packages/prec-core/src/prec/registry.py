@@ -405,7 +405,8 @@ class Registry:
         expected = accelerator.device_type or accelerator.name
         if result.device_type is not None and result.device_type != expected:
             raise PluginError(
-                f"{where} returned a precision for device type {result.device_type!r}; the accelerator has {expected!r}."
+                f"{where} returned a precision for device type {result.device_type!r};"
+                f" the accelerator has {expected!r}."
             )
         try:
             self._provenance[result] = entry.origin

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
     from prec.precision import Precision
