@@ -166,13 +166,13 @@ def render(data: dict[str, Any]) -> str:
     """The tables of ``prec list``, each line at most :data:`WIDTH` columns (long reasons go under a table)."""
     from prec.environment import one_line
 
-    lines = _wrap(one_line(data["environment"]), "")
+    lines: list[str] = []
     if not data["accelerators"] or not data["matrix"]:
-        lines += [""] + _wrap(_no_backend(data), "")
+        lines += _wrap(_no_backend(data), "") + [""]
     accelerators = [acc["name"] for acc in data["accelerators"]]
     extra = sorted({acc for accs in data["matrix"].values() for acc in accs} - set(accelerators))
     columns = accelerators + extra
-    lines += ["", "Precisions (x = supported; accelerators marked * are not installed)"]
+    lines += ["Precisions (x = supported; accelerators marked * are not installed)"]
     header = ["precision"] + [name + ("*" if name in extra else "") for name in columns]
     rows = [
         [name] + ["x" if acc in supported else "-" for acc in columns] for name, supported in data["matrix"].items()
@@ -203,6 +203,7 @@ def render(data: dict[str, Any]) -> str:
     for title, items in (("Overrides", data["overrides"]), ("Conflicts", data["conflicts"])):
         if items:
             lines += ["", title] + [line for item in items for line in _wrap(item, "  ")]
+    lines += ["", "Environment"] + _wrap(one_line(data["environment"]), "  ")
     return "\n".join(lines)
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prec import catalogue
+from prec._explain import Explanations
 from prec._warnings import warn
 from prec.catalogue import KNOWN_GAPS
 from prec.entries import (
@@ -93,7 +94,7 @@ _RESERVED_PRECISION_NAMES = frozenset({AUTO, *CANONICAL_PRECISIONS, *(key.strip(
 
 
 @dataclass
-class Registry:
+class Registry(Explanations):
     """Everything the installed plugins registered. Built by :func:`prec.plugins.get_registry`."""
 
     accelerators: dict[str, AcceleratorEntry] = field(default_factory=dict)
@@ -285,19 +286,6 @@ class Registry:
             + self.plugin_note(ACCELERATOR, lambda item: item[0] == ACCELERATOR)
         )
 
-    def _missing_accelerator_message(self, name: str, canonical: str) -> str:
-        installed = sorted(self.accelerators)
-        message = f"accelerator={name!r} is not installed. Installed accelerators: {', '.join(installed) or 'none'}."
-        package = catalogue.package_for_accelerator(canonical)
-        if package:
-            message += self._install_hint(package)
-        else:
-            candidates = installed + list(self._aliases) + [AUTO]
-            match = difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
-            if match:
-                message += f" Did you mean {match[0]!r}?"
-        return message + self.plugin_note(ACCELERATOR, lambda item: item == (ACCELERATOR, canonical), package)
-
     # -- precisions -----------------------------------------------------------------------------------------
     def precision_names(self) -> list[str]:
         """Every precision name known here: the canonical ones plus those plugins registered (in conflict too, so
@@ -421,22 +409,6 @@ class Registry:
         if override is not None:
             warn(override_message(kind, key, *override), PrecWarning)
 
-    def _unsupported_message(self, name: str, accelerator: str) -> str:
-        supported = self.supported_precisions(accelerator)
-        message = f"precision={name!r} is not supported on accelerator {accelerator!r}."
-        gap = catalogue.known_gap(name, accelerator)
-        if gap:
-            message += f" {gap}."
-        package = catalogue.package_for_pair(name, accelerator)
-        if package:
-            message += self._install_hint(package)
-        elsewhere = sorted(acc for n, acc in self.precisions if n == name)
-        if elsewhere and not gap:
-            message += f" {name} is available on: {', '.join(elsewhere)}."
-        message += f" Supported on {accelerator}: {', '.join(supported) or 'nothing installed'}."
-        wanted = (PRECISION, key_text((name, accelerator)))
-        return message + self.plugin_note(PRECISION, lambda item: item == wanted, package)
-
     # -- strategies -----------------------------------------------------------------------------------------
     def strategy_entry(self, name: str) -> StrategyEntry:
         conflict = self._blocking_conflict(STRATEGY, name)
@@ -462,36 +434,6 @@ class Registry:
                 f"strategy={entry.name!r} does not support precision {precision!r};"
                 f" it supports: {', '.join(sorted(entry.precisions))}."
             )
-
-    # -- diagnostics ----------------------------------------------------------------------------------------
-    def _install_hint(self, package: str) -> str:
-        installed = any(normalize_distribution(info.distribution) == package for info in self.plugins.values())
-        return "" if installed else f" `pip install {package}` adds it."
-
-    def plugin_note(self, kind: str, provides: Callable[[tuple[str, str]], bool], package: str | None = None) -> str:
-        """Which broken or disabled plugin explains a failed lookup: one that registered the key before failing,
-        or whose distribution is the package that provides it, definitely would have; other broken plugins may."""
-        certain: list[str] = []
-        possible: list[str] = []
-        for info in self.plugins.values():
-            ours = package is not None and normalize_distribution(info.distribution) == package
-            if info.status == "error":
-                if any(provides(item) for item in info.registered):
-                    certain.append(f"{info.origin}, which registered it and then failed ({info.error})")
-                elif ours:
-                    certain.append(f"{info.origin}, which failed ({info.error})")
-                else:
-                    possible.append(f"{info.origin}: {info.error}")
-            elif info.status == "disabled" and ours:
-                certain.append(f"{info.origin}, which is disabled ({info.reason})")
-        note = ""
-        if certain:
-            note = f" The {kind} would have come from {'; '.join(certain)}."
-        elif possible:
-            note = f" These plugins failed to load and may have provided it: {'; '.join(possible)}."
-        if self.autoload_disabled:
-            note += " PREC_DISABLE_PLUGIN_AUTOLOAD is set: installed plugins were not loaded."
-        return note
 
 
 def precision_order(name: str) -> tuple[int, str]:
