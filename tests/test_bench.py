@@ -141,3 +141,30 @@ def test_recommend_keeps_32_true_when_speedup_is_noise_or_nan() -> None:
     diverged = [_row("32-true", 100, 1.0), _row("16-true", 300, float("nan"))]
     assert recommend(diverged, 0.05, 1.05)["precision"] == "32-true"
     assert recommend([_row("bf16-mixed", 100, 1.0)], 0.05, 1.05)["precision"] is None
+
+
+def test_recommend_never_picks_a_true_precision_unless_asked() -> None:
+    rows = [_row("32-true", 100.0, 1.0), _row("bf16-true", 300.0, 1.0), _row("bf16-mixed", 130.0, 1.0)]
+    assert recommend(rows, 0.05, 1.05)["precision"] == "bf16-mixed"
+    assert recommend(rows, 0.05, 1.05, allowed_true=["bf16-true"])["precision"] == "bf16-true"
+
+
+def test_noise_is_reported() -> None:
+    from prec.bench import noise
+
+    steady = PrecisionResult("32-true", steps_per_s=100.0, rounds=[99.0, 100.0, 101.0])
+    shaky = PrecisionResult("bf16-mixed", steps_per_s=100.0, rounds=[60.0, 100.0, 140.0])
+    assert noise([steady])["noisy"] is False
+    report = noise([steady, shaky])
+    assert report["noisy"] and "bf16-mixed" in report["reason"]
+    assert noise([PrecisionResult("32-true", steps_per_s=1.0, rounds=[1.0])])["noisy"]
+
+
+def test_time_limit_stops_after_the_first_round() -> None:
+    args = ["bench", "--precision", "32-true", "--steps", "2", "--warmup", "1", "--repeats", "50"]
+    result = CliRunner().invoke(main, [*args, "--time-limit", "0.001", "--no-progress", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["time_limited"] is True and data["time_limit"] == 0.001
+    assert len(data["results"][0]["rounds"]) < 50
+    assert data["noise"]["noisy"] in (True, False)

@@ -16,6 +16,7 @@ import torch
 import prec
 from prec import plugins as plugin_loader
 from prec.cli import collect
+from prec.entries import PluginInfo
 from prec.registry import Registry
 
 Register = Callable[[object, str], str]
@@ -43,11 +44,22 @@ def precisions(*pairs: tuple[str, str], priority: int = 0, fail: str | None = No
     @prec.hookimpl
     def prec_register_precisions(register: Any) -> None:
         for name, accelerator in pairs:
-            register(name, accelerator, lambda acc, **kw: prec.Precision(**kw), priority=priority, **options)
+            register(name, accelerator, named_float32(name), priority=priority, **options)
         if fail is not None:
             raise RuntimeError(fail)
 
     return types.SimpleNamespace(prec_register_precisions=prec_register_precisions)
+
+
+def named_float32(name: str) -> Callable[..., prec.Precision]:
+    """A factory of float32 precisions named ``name`` (the registry checks the name a factory returns)."""
+
+    def factory(accelerator: prec.Accelerator, **options: Any) -> prec.Precision:
+        precision = prec.Precision(**options)
+        precision.name = name
+        return precision
+
+    return factory
 
 
 def accelerator(name: str, aliases: Iterable[str] = (), priority: int = 0, broken: bool = False) -> object:
@@ -105,9 +117,12 @@ def test_asking_for_what_the_broken_plugin_registered_names_it(register: Registe
     ("hooks", "message"),
     [
         ({"prec_register_precisions": lambda register: register("x", "cpu", "no factory")}, "is not callable"),
-        ({"prec_register_precisions": lambda register: register("x", "cpu", prec.Precision, aliases="xx")}, "aliases"),
         (
-            {"prec_register_precisions": lambda register: register("x", "cpu", prec.Precision, priority="high")},
+            {"prec_register_precisions": lambda register: register("x", "cpu", named_float32("x"), aliases="xx")},
+            "aliases",
+        ),
+        (
+            {"prec_register_precisions": lambda register: register("x", "cpu", named_float32("x"), priority="high")},
             "priority",
         ),
         ({"prec_register_accelerators": lambda register: register(object)}, "Accelerator subclass"),
@@ -176,7 +191,9 @@ def test_a_higher_priority_wins_and_is_recorded(register: Register) -> None:
 def test_priority_replaces_a_built_in_pair(register: Register) -> None:
     register(precisions(("bf16-mixed", "cpu"), priority=1), "replacement")
     assert prec.get_registry().precision_entry("bf16-mixed", "cpu").origin.plugin == "replacement"
-    assert prec.get_precision("bf16-mixed", accelerator="cpu").compute_dtype == torch.float32
+    with pytest.warns(prec.PrecWarning, match="'replacement'.*overrides plugin 'cpu' from prec-cpu") as record:
+        assert prec.get_precision("bf16-mixed", accelerator="cpu").compute_dtype == torch.float32
+    assert record[0].filename == __file__  # attributed to the caller's line
 
 
 def test_two_accelerators_with_one_name_conflict(register: Register) -> None:
@@ -213,7 +230,7 @@ def test_an_alias_never_shadows_a_name(register: Register) -> None:
 
 def test_a_new_precision_alias_works(register: Register) -> None:
     register(precisions(("wide-true", "cpu"), aliases=["wide"]), "wide")
-    assert prec.get_precision("wide", accelerator="cpu").name == "32-true"
+    assert prec.get_precision("wide", accelerator="cpu").name == "wide-true"
     assert prec.get_registry().normalize("wide") == "wide-true"
 
 
@@ -277,7 +294,7 @@ def test_registering_in_code_does_not_scan_entry_points_again(register: Register
 
 
 # -- messages for broken and disabled plugins, straight from registry data ---------------------------------------
-def _registry_with(*infos: plugin_loader.PluginInfo) -> Registry:
+def _registry_with(*infos: PluginInfo) -> Registry:
     registry = Registry()
     registry.plugins = {info.name: info for info in infos}
     registry.finalize()
@@ -286,8 +303,8 @@ def _registry_with(*infos: plugin_loader.PluginInfo) -> Registry:
 
 def test_a_broken_builtin_package_definitely_would_have_provided_the_pair() -> None:
     registry = _registry_with(
-        plugin_loader.PluginInfo("double", "prec-double", "0.1.0", "error", "import failed: ImportError: libm"),
-        plugin_loader.PluginInfo("other", "prec-other", "1.0", "error", "import failed: OSError: x"),
+        PluginInfo("double", "prec-double", "0.1.0", "error", "import failed: ImportError: libm"),
+        PluginInfo("other", "prec-other", "1.0", "error", "import failed: OSError: x"),
     )
     with pytest.raises(prec.UnsupportedPrecisionError) as error:
         registry.precision_entry("64-true", "cpu")
@@ -301,13 +318,13 @@ def test_a_broken_builtin_package_definitely_would_have_provided_the_pair() -> N
 
 
 def test_an_unrelated_broken_plugin_may_have_provided_it() -> None:
-    registry = _registry_with(plugin_loader.PluginInfo("other", "prec-other", "1.0", "error", "OSError: x"))
+    registry = _registry_with(PluginInfo("other", "prec-other", "1.0", "error", "OSError: x"))
     with pytest.raises(prec.UnsupportedPrecisionError, match="may have provided it: plugin 'other' from prec-other"):
         registry.precision_entry("fp8-mixed", "cpu")
 
 
 def test_a_disabled_builtin_package_is_named() -> None:
-    info = plugin_loader.PluginInfo("cuda", "prec-cuda", "0.1.0", "disabled", reason="named in PREC_DISABLED_PLUGINS")
+    info = PluginInfo("cuda", "prec-cuda", "0.1.0", "disabled", reason="named in PREC_DISABLED_PLUGINS")
     with pytest.raises(
         prec.UnknownAcceleratorError, match=r"prec-cuda 0.1.0, which is disabled \(named in PREC_DISABLED_PLUGINS\)"
     ):

@@ -58,6 +58,7 @@ def prec_register_precisions(register):
     raise RuntimeError("the fp8 kernels are missing")
 """
 CLASH = """
+import torch
 import prec
 
 
@@ -78,15 +79,16 @@ def prec_register_accelerators(register):
 
 @prec.hookimpl
 def prec_register_precisions(register):
-    register("clash-true", "cpu", lambda accelerator: prec.Precision())
+    register("clash-true", "cpu", lambda accelerator: prec.TruePrecision("clash-true", torch.float32))
 """
 DUPLICATE = """
+import torch
 import prec
 
 
 @prec.hookimpl
 def prec_register_precisions(register):
-    register("{name}", "cpu", lambda accelerator: prec.Precision())
+    register("{name}", "cpu", lambda accelerator: prec.TruePrecision("{name}", torch.float32))
 """
 
 SCENARIOS = r"""
@@ -218,8 +220,11 @@ def test_prec_list_json_shows_plugins_with_distribution_version_and_errors(sandb
 
 
 def test_prec_list_table_shows_the_error_status(report: dict[str, Any]) -> None:
-    rows = [line for line in report["default"]["text"].splitlines() if line.startswith(("broken_import", "toy "))]
-    assert any("error" in row and "libtoy.so" in row for row in rows)
+    lines = report["default"]["text"].splitlines()
+    rows = [line for line in lines if line.startswith(("broken_import", "toy "))]
+    assert any(row.split()[-1] == "error" for row in rows if row.startswith("broken_import"))
+    note = next(index for index, line in enumerate(lines) if line.startswith("  broken_import: import failed"))
+    assert "libtoy.so" in " ".join(lines[note : note + 3])  # the reason, wrapped under the table
     assert any("prec-toy-good" in row and "ok" in row for row in rows)
 
 
@@ -250,7 +255,7 @@ def test_conflicts_name_both_distributions_and_block_the_key(report: dict[str, A
     assert report["fit_clash_pair"]["error"].startswith("UnsupportedPrecisionError: precision 'clash-true' on 'cpu'")
     assert both in report["fit_clash_pair"]["error"]
     assert report["fit_clash_accelerator"]["error"].startswith("UnknownAcceleratorError: accelerator 'clashacc'")
-    assert report["disabled_fit_clash_pair"] == {"ok": True, "precision": "32-true", "steps": 8}  # once one yields
+    assert report["disabled_fit_clash_pair"] == {"ok": True, "precision": "clash-true", "steps": 8}  # once one yields
 
 
 def test_one_entry_point_name_in_two_distributions_loads_both(report: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 import prec
+import prec.names
 
 
 def run_prec(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,3 +78,44 @@ def test_import_prec_loads_no_plugin_and_builds_no_registry() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_python_dash_m_prec_is_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "prec", "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0 and result.stdout.strip() == f"prec {prec.__version__}", result.stderr
+
+
+def test_json_has_a_schema_version_and_a_stable_plugin_order(listing: dict[str, object]) -> None:
+    assert listing["schema_version"] == 2
+    names = [plugin["name"] for plugin in listing["plugins"]]  # type: ignore[union-attr]
+    assert names[0] == "prec.core" and names[1:] == sorted(names[1:], key=str.lower)
+    environment = listing["environment"]
+    assert {"prec", "torch", "cuda", "python", "platform", "native_bf16"} <= set(environment)  # type: ignore[arg-type]
+
+
+def test_table_fits_80_columns_in_canonical_order_with_an_environment_line() -> None:
+    out = run_prec("list").stdout
+    assert all(len(line) <= 80 for line in out.splitlines()), max(out.splitlines(), key=len)
+    environment = " ".join(out.split("\nEnvironment\n")[1].split())  # one line, wrapped to the width
+    assert environment.startswith(f"prec {prec.__version__} | torch ") and "native bf16: cpu " in environment
+    rows = [line.split()[0] for line in out.split("Precisions")[1].split("Accelerators")[0].splitlines()[3:] if line]
+    canonical = [name for name in prec.names.CANONICAL_PRECISIONS if name in rows]
+    assert rows[: len(canonical)] == canonical
+
+
+def test_env_prints_what_a_bug_report_needs() -> None:
+    result = run_prec("env")
+    assert result.returncode == 0, result.stderr
+    for key in ("prec:", "torch:", "cuda:", "python:", "platform:", "native_bf16:", "plugins:"):
+        assert key in result.stdout
+    assert json.loads(run_prec("env", "--json").stdout)["prec"] == prec.__version__
+
+
+def test_without_a_backend_prec_list_says_what_to_install() -> None:
+    env = {**os.environ, "PREC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    command = [sys.executable, "-m", "prec", "list"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "No backend" in result.stdout and "pip install prec-cpu" in result.stdout

@@ -81,3 +81,23 @@ def test_auto_is_reserved() -> None:
 def test_legacy_table_for_docs() -> None:
     table = legacy_names()
     assert table["16"] == "16-mixed" and table["'bf16'"] == "bf16-mixed" and table["64"] == "64-true"
+
+
+@pytest.mark.parametrize(
+    ("value", "suggestion"),
+    [
+        ("fp16", "16-mixed"),
+        ("float16", "16-mixed"),
+        ("half", "16-mixed"),
+        ("fp32", "32-true"),
+        ("float32", "32-true"),
+        ("double", "64-true"),
+        ("bf16_mixed", "bf16-mixed"),
+        ("bfloat16", "bf16-mixed"),
+        ("float16-true", "16-true"),
+        ("torch.float64", "64-true"),
+    ],
+)
+def test_the_names_people_type_get_a_suggestion(value: str, suggestion: str) -> None:
+    with pytest.raises(prec.UnknownPrecisionError, match=f"Did you mean '{suggestion}'"):
+        normalize_precision(value)

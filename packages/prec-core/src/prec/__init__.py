@@ -92,20 +92,21 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def get_precision(precision: str | int | None = None, accelerator: str = "auto", **options: Any) -> Precision:
+def get_precision(
+    precision: str | int | None = None, accelerator: str | Accelerator = "auto", **options: Any
+) -> Precision:
     """The precision plugin for ``precision`` on ``accelerator``, for your own training loop.
 
-    Raises the same errors as the Trainer: :class:`UnknownPrecisionError` for a name nobody knows,
-    :class:`UnsupportedPrecisionError` for a pair no installed plugin provides.
+    Selection goes through the same front door as the Trainer's (``Registry.select_precision``), so it raises the
+    same errors: :class:`ConfigurationError` naming the argument for a value of the wrong type,
+    :class:`UnknownPrecisionError` for a name nobody knows, :class:`UnsupportedPrecisionError` for a pair no
+    installed plugin provides, :class:`PluginError` when the providing plugin fails. Accelerator names are
+    case-insensitive (``"CPU"``, ``"Auto"``).
     """
     from prec.plugins import get_registry
 
     registry = get_registry()
-    target = registry.available_accelerator(accelerator) if accelerator != "auto" else registry.auto_accelerator()
-    name = registry.normalize(precision)
-    if name == "auto":
-        name, _ = target.auto_precision()
-    return registry.create_precision(name, target, **options)
+    return registry.select_precision(precision, registry.select_accelerator(accelerator), options)[0]
 
 
 __all__ = [

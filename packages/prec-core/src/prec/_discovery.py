@@ -3,8 +3,14 @@ distribution, so each one costs a file read, and metadata is parsed only for tho
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import Distribution, EntryPoint, distributions
+from typing import Any
 
 from prec.entries import normalize_distribution
 
@@ -80,3 +86,46 @@ def distribution_version(distribution: str) -> str | None:
         return version(distribution)
     except PackageNotFoundError:
         return None
+
+
+#: Seconds a plugin may take to import (or to run its hooks) before prec says on stderr which one it waits for.
+SLOW_PLUGIN_SECONDS = 5.0
+SLOW_PLUGIN_VARIABLE = "PREC_SLOW_PLUGIN_SECONDS"
+
+
+def slow_plugin_seconds() -> float:
+    """``PREC_SLOW_PLUGIN_SECONDS`` (seconds, > 0), or the default of 5 s when unset or not a positive number."""
+    try:
+        value = float(os.environ.get(SLOW_PLUGIN_VARIABLE, SLOW_PLUGIN_SECONDS))
+    except ValueError:
+        return SLOW_PLUGIN_SECONDS
+    return value if value > 0 and math.isfinite(value) else SLOW_PLUGIN_SECONDS
+
+
+class SlowPluginWatch:
+    """While a plugin loads, a timer thread that, after :func:`slow_plugin_seconds`, prints on stderr which plugin
+    prec is still waiting for and how to skip it. It never interrupts the plugin: an import cannot be cancelled
+    safely, but a user looking at a silent ``prec list`` or ``Trainer()`` must learn who is hanging."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.seconds = slow_plugin_seconds()
+
+    @contextlib.contextmanager
+    def watch(self, plugin: str, what: str) -> Iterator[None]:
+        def report() -> None:
+            print(
+                f"prec: still {what} plugin {plugin!r} after {self.seconds:g} s. If it hangs, skip it with"
+                f" PREC_DISABLED_PLUGINS={plugin} (or PREC_DISABLE_PLUGIN_AUTOLOAD=1 to load none);"
+                f" {SLOW_PLUGIN_VARIABLE} sets when this message appears.",
+                file=self.stream,
+                flush=True,
+            )
+
+        timer = threading.Timer(self.seconds, report)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()

@@ -3,7 +3,10 @@
 Each precision trains the same model (same seed, same batches) through :class:`prec.Trainer` for a short,
 warmed-up run; runs are interleaved over ``--repeats`` rounds so a noisy machine hurts every precision alike.
 Reported per precision: steps/s (median and min–max over rounds), peak memory, the final loss and its drift
-from 32-true. The recommendation is the fastest precision whose loss stays within ``--tolerance`` of 32-true.
+from 32-true. The recommendation is the fastest precision whose loss stays within ``--tolerance`` of 32-true; a
+-true precision other than 32-true (16-bit weights lose small updates) is recommended only when named with
+``--precision``. Figures whose rounds spread more than :data:`NOISY_SPREAD` are flagged as noisy, and
+``--time-limit`` stops starting new runs once the time is spent.
 
 Torch (and every module only a measurement needs) is imported lazily, so registering this command keeps
 ``prec list`` fast.
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, _build, resolve_model  # noqa: F401 - part of prec.bench
+from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, _build, resolve_model
 from prec.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     from prec.accelerator import Accelerator
 
 BASELINE = "32-true"
+#: Relative spread of a precision's per-round steps/s ((max - min) / median) above which its figures are noisy.
+NOISY_SPREAD = 0.10
 
 
 # -- measuring ------------------------------------------------------------------------------------------------
@@ -185,10 +190,13 @@ def summarize(precision: str, runs: list[Run], native: bool | None, tail: int = 
     )
 
 
-def recommend(results: list[PrecisionResult], tolerance: float, min_speedup: float) -> dict[str, str | None]:
+def recommend(
+    results: list[PrecisionResult], tolerance: float, min_speedup: float, allowed_true: Sequence[str] = ()
+) -> dict[str, str | None]:
     """The fastest precision within ``tolerance`` loss drift of 32-true that is ``min_speedup`` times as fast as
     32-true in the median and faster in every round; 32-true otherwise (a precision that is not reliably faster
-    is not worth its numerical risk)."""
+    is not worth its numerical risk). A -true precision other than 32-true is a candidate only when it is in
+    ``allowed_true`` (the user named it): its 16-bit weights lose small updates, which a short run cannot show."""
     by_name = {result.precision: result for result in results}
     baseline = by_name.get(BASELINE)
     if baseline is None or baseline.steps_per_s is None or baseline.final_loss is None:
@@ -211,6 +219,7 @@ def recommend(results: list[PrecisionResult], tolerance: float, min_speedup: flo
         for r in safe
         if r.precision != BASELINE and (r.speedup_vs_32_true or 0) >= min_speedup
         if (r.steps_per_s_min or 0) > baseline_max
+        if not r.precision.endswith("-true") or r.precision in allowed_true
     ]
     if not faster:
         slower = ", ".join(f"{r.precision} {r.speedup_vs_32_true:.2f}x" for r in safe if r.precision != BASELINE)
@@ -239,8 +248,10 @@ def run_bench(
     seed: int = 0,
     progress: bool = True,
     threads: int | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
-    """Measure, summarise and recommend; returns the ``--json`` document."""
+    """Measure, summarise and recommend; returns the ``--json`` document. ``time_limit`` (seconds): no run
+    starts after it is spent (every precision keeps the rounds it finished; at least one round always runs)."""
     import platform
 
     import torch
@@ -269,6 +280,10 @@ def run_bench(
         chosen.insert(0, BASELINE)
     if threads is not None and threads < 1:
         raise ConfigurationError(f"--threads must be >= 1; got {threads}.")
+    if time_limit is not None and not time_limit > 0:
+        raise ConfigurationError(f"--time-limit must be > 0 seconds; got {time_limit}.")
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    time_limited = False
     _build(factory, model, seed)  # a factory that returns the wrong thing fails here, before any measuring
     runs: dict[str, list[Run]] = {name: [] for name in chosen}
     errors: dict[str, str] = {}
@@ -283,6 +298,9 @@ def run_bench(
             run_once(factory, model, accelerator, chosen[0], 2, 1, seed)
         bar.update(1)
         for round_index in range(repeats):
+            if round_index and deadline is not None and time.monotonic() > deadline:
+                time_limited = True
+                break
             shift = round_index % len(chosen)  # rotate the order so no precision always runs first
             for name in chosen[shift:] + chosen[:shift]:
                 bar.set_postfix_str(name)
@@ -303,6 +321,8 @@ def run_bench(
         result.error = errors.get(name)
         results.append(result)
     auto_name, auto_reason = accelerator.auto_precision()
+    allowed_true = [] if precisions is None else [name for name in chosen if name.endswith("-true")]
+    recommendation = recommend(results, tolerance, min_speedup, allowed_true)
     return {
         "model": model,
         "accelerator": accelerator.name,
@@ -315,10 +335,31 @@ def run_bench(
         "tolerance": tolerance,
         "min_speedup": min_speedup,
         "threads": torch.get_num_threads() if threads is None else threads,
-        "recommendation": recommend(results, tolerance, min_speedup),
+        "recommendation": recommendation,
+        "noise": noise(results),
+        "time_limit": time_limit,
+        "time_limited": time_limited,
         "auto": {"precision": auto_name, "reason": auto_reason},
         "results": [asdict(result) for result in results],
     }
+
+
+def noise(results: list[PrecisionResult]) -> dict[str, Any]:
+    """Whether the figures are too noisy to trust: one round only, or rounds that spread more than
+    :data:`NOISY_SPREAD` around their median, per precision."""
+    spreads = {
+        r.precision: (max(r.rounds) - min(r.rounds)) / r.steps_per_s for r in results if r.rounds and r.steps_per_s
+    }
+    noisy = sorted(name for name, spread in spreads.items() if spread > NOISY_SPREAD)
+    single = bool(results) and all(len(r.rounds) <= 1 for r in results)
+    if single:
+        reason = "one round only: there is no spread to judge the noise by; use --repeats 3 or more"
+    elif noisy:
+        worst = max(spreads[name] for name in noisy)
+        reason = f"rounds of {', '.join(noisy)} spread up to {worst:.0%} (more than {NOISY_SPREAD:.0%})"
+    else:
+        reason = None
+    return {"noisy": single or bool(noisy), "reason": reason, "spread": spreads}
 
 
 def _compute_dtype(registry: Any, name: str, accelerator: Accelerator) -> torch.dtype | None:
@@ -385,6 +426,16 @@ def render(data: dict[str, Any]) -> str:
         fmt.format(*("-" * width for width in widths)).rstrip(),
         *(fmt.format(*row).rstrip() for row in rows),
         "",
+        *(
+            [f"Figures are noisy: {data['noise']['reason']}; rerun on a quieter machine or with more --repeats."]
+            if data["noise"]["noisy"]
+            else []
+        ),
+        *(
+            [f"Stopped at --time-limit {data['time_limit']:g} s; later rounds did not run."]
+            if data["time_limited"]
+            else []
+        ),
         f"Recommended: {data['recommendation']['precision']} ({data['recommendation']['reason']})",
         f"precision='auto' picks {data['auto']['precision']} here: {data['auto']['reason']}",
     ]
@@ -415,6 +466,9 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 @click.option("--tolerance", type=float, default=0.05, show_default=True, help="Max relative loss drift vs 32-true.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch intra-op threads while measuring (default: torch's).")
+@click.option(
+    "--time-limit", type=float, default=None, help="Seconds after which no further round starts (default: none)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 def bench_command(
@@ -427,10 +481,13 @@ def bench_command(
     tolerance: float,
     seed: int,
     threads: int | None,
+    time_limit: float | None,
     as_json: bool,
     progress: bool,
 ) -> None:
-    """Measure every precision available here on a model and recommend the fastest numerically safe one."""
+    """Measure every precision available here on a model and recommend the fastest numerically safe one.
+
+    A -true precision other than 32-true is recommended only when named with --precision."""
     try:
         data = run_bench(
             model,
@@ -443,6 +500,7 @@ def bench_command(
             seed=seed,
             threads=threads,
             progress=progress,
+            time_limit=time_limit,
         )
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,6 +40,40 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class PluginInfo:
+    """One plugin as the registry records it (and ``prec list`` reports it), broken and disabled ones too."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    status: str  # "ok", "error" or "disabled"
+    error: str | None = None
+    module: str | None = None
+    #: Why a plugin is disabled (which environment variable, or that the same object was registered in code).
+    reason: str | None = None
+    #: ``(kind, key)`` of every registration; for a broken plugin, what it registered before failing (discarded,
+    #: but kept so a failed lookup can say that this plugin would have provided it).
+    registered: tuple[tuple[str, str], ...] = ()
+    #: The exception that broke the plugin (its traceback and ``__cause__`` intact), for status "error".
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.name, self.distribution, self.version)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "module": self.module,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
 class AcceleratorEntry:
     name: str
     cls: type[Accelerator]
@@ -57,6 +91,8 @@ class PrecisionEntry:
     aliases: tuple[str, ...] = ()
     priority: int = 0
     description: str = ""
+    #: Whether the factory accepts ``**options`` (checked at registration).
+    takes_options: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,12 +118,16 @@ class Conflict:
     origins: tuple[Origin, ...]
     priority: int = 0
     shadowed: str | None = None
+    #: A sentence that replaces the generated one (for an entry dropped for another reason than a tie).
+    message: str | None = None
 
     @property
     def blocking(self) -> bool:
-        return self.shadowed is None
+        return self.shadowed is None and self.message is None
 
     def __str__(self) -> str:
+        if self.message is not None:
+            return self.message
         if self.shadowed is not None:
             return f"{self.kind} {self.key} of {self.origins[0]} is ignored: it is {self.shadowed}, which wins."
         who = " and ".join(str(origin) for origin in self.origins)
@@ -106,10 +146,10 @@ def key_text(key: Any) -> str:
     return "@".join(key) if isinstance(key, tuple) else str(key)
 
 
-def _sorted_origins(origins: Iterable[Origin]) -> tuple[Origin, ...]:
+def sorted_origins(origins: Iterable[Origin]) -> tuple[Origin, ...]:
     """Origins in a stable order (by distribution, then plugin name), so messages never depend on load order."""
     return tuple(sorted(origins, key=lambda origin: (origin.distribution or "", origin.plugin)))
 
 
-def _label(kind: str, key: Any) -> str:
+def label(kind: str, key: Any) -> str:
     return f"{key[0]!r} on {key[1]!r}" if kind == PRECISION else repr(key)

@@ -18,6 +18,31 @@ _LEGACY_SILENT: dict[object, str] = {32: "32-true", "32": "32-true", 64: "64-tru
 
 PrecisionInput = str | int | None
 
+# What people type for a dtype or another framework's name -> the precision they most likely mean. A suggestion
+# only: none of these is accepted, because each hides whether weights or only the math are 16 bit.
+_COMMON_MISTAKES: dict[str, str] = {
+    "fp16": "16-mixed",
+    "float16": "16-mixed",
+    "half": "16-mixed",
+    "f16": "16-mixed",
+    "16-bit": "16-mixed",
+    "mixed": "16-mixed",
+    "amp": "16-mixed",
+    "fp16-mixed": "16-mixed",
+    "bfloat16": "bf16-mixed",
+    "bf-16": "bf16-mixed",
+    "fp32": "32-true",
+    "float32": "32-true",
+    "float": "32-true",
+    "single": "32-true",
+    "full": "32-true",
+    "f32": "32-true",
+    "fp64": "64-true",
+    "float64": "64-true",
+    "double": "64-true",
+    "f64": "64-true",
+}
+
 
 def legacy_names() -> dict[str, str]:
     """Every legacy spelling (as text) mapped to its canonical name, for docs and ``prec list``."""
@@ -59,12 +84,30 @@ def _unknown(value: object, known: Iterable[str]) -> UnknownPrecisionError:
     message = f"precision={value!r} is not a precision name. Valid names: {', '.join(names)}"
     message += "; legacy values 16, '16', 'bf16', 32, '32', 64, '64'; or 'auto'."
     if isinstance(value, str):
-        lowered = value.strip().lower().replace("_", "-")
-        match = difflib.get_close_matches(lowered, names + ["auto"], n=1, cutoff=0.5)
-        if match:
-            message += f" Did you mean {match[0]!r}?"
+        suggestion = did_you_mean(value, names)
+        if suggestion:
+            message += f" Did you mean {suggestion!r}?"
     elif isinstance(value, float) and value.is_integer():
         canonical = {**_LEGACY_WARN, **_LEGACY_SILENT}.get(int(value))
         if canonical:
             message += f" Did you mean {canonical!r}?"
     return UnknownPrecisionError(message)
+
+
+def did_you_mean(value: str, known: Iterable[str] = CANONICAL_PRECISIONS) -> str | None:
+    """The precision name ``value`` most likely meant (``"fp16"`` -> ``"16-mixed"``, ``"bf16_mixed"`` ->
+    ``"bf16-mixed"``, ``"double"`` -> ``"64-true"``), or ``None``."""
+    lowered = value.strip().lower().replace("_", "-").replace(" ", "-")
+    names = sorted(set(CANONICAL_PRECISIONS) | set(known))
+    if lowered in names or lowered == AUTO:
+        return lowered
+    if lowered in _COMMON_MISTAKES:
+        return _COMMON_MISTAKES[lowered]
+    for suffix in ("-mixed", "-true"):  # "torch.float16-mixed", "bfloat16-true": a dtype spelt out
+        stem = lowered.removeprefix("torch.").removesuffix(suffix)
+        if stem != lowered.removeprefix("torch.") and stem in _COMMON_MISTAKES:
+            return _COMMON_MISTAKES[stem].rsplit("-", 1)[0] + suffix
+    if lowered.removeprefix("torch.") in _COMMON_MISTAKES:
+        return _COMMON_MISTAKES[lowered.removeprefix("torch.")]
+    match = difflib.get_close_matches(lowered, names + [AUTO], n=1, cutoff=0.5)
+    return match[0] if match else None

@@ -12,27 +12,33 @@ Environment variables (read when the registry is built):
 ``PREC_DISABLED_PLUGINS=a,b``       skip these entry points (by plugin or distribution name).
 ``PREC_TRACE_PLUGINS=1``            trace every plugin load, hook call and registration to stderr, with timings.
 ``PREC_STRICT_PLUGINS=1``           raise on the first plugin error instead of warning.
+``PREC_SLOW_PLUGIN_SECONDS=5``      after this many seconds (default 5) of one plugin importing or running its
+                                    hooks, say on stderr which plugin prec waits for and how to skip it.
+
+While a plugin imports and runs its hooks, what it prints goes to stderr: stdout belongs to the program (``prec
+list --json`` prints its JSON there).
 
 Two distributions that publish the same entry-point name both load, as ``"<distribution>:<name>"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pluggy
 
-from prec import hookspecs
-from prec._discovery import EntryPointInfo, distribution_version, scan_entry_points
+from prec import _verify, hookspecs
+from prec._discovery import EntryPointInfo, SlowPluginWatch, distribution_version, scan_entry_points
 from prec._warnings import warn
+from prec.entries import PluginInfo
 from prec.errors import PluginError, PluginWarning
 from prec.registry import (
     ACCELERATOR,
@@ -47,6 +53,8 @@ from prec.registry import (
     normalize_distribution,
 )
 
+__all__ = ["PluginInfo", "get_registry", "register_plugin", "reset_registry", "unregister_plugin"]
+
 ENTRY_POINT_GROUP = "prec"
 HOOK_ORDER = ("prec_register_accelerators", "prec_register_precisions", "prec_register_strategies")
 CORE_PLUGIN = "prec.core"
@@ -56,38 +64,6 @@ _lock = threading.RLock()
 _registry: Registry | None = None
 _scan: list[EntryPointInfo] | None = None
 _explicit: dict[str, object] = {}
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """One plugin as ``prec list`` reports it, including broken and disabled ones."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    status: str  # "ok", "error" or "disabled"
-    error: str | None = None
-    module: str | None = None
-    #: Why a plugin is disabled (which environment variable, or that the same object was registered in code).
-    reason: str | None = None
-    #: ``(kind, key)`` of every registration; for a broken plugin, what it registered before failing (discarded,
-    #: but kept so a failed lookup can say that this plugin would have provided it).
-    registered: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def origin(self) -> Origin:
-        return Origin(self.name, self.distribution, self.version)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "error": self.error,
-            "module": self.module,
-            "reason": self.reason,
-        }
 
 
 def get_registry() -> Registry:
@@ -133,10 +109,6 @@ def unregister_plugin(name: str) -> None:
         _registry = None
 
 
-def list_plugins() -> list[PluginInfo]:
-    return list(get_registry().plugins.values())
-
-
 # -- building ------------------------------------------------------------------------------------------------
 
 
@@ -159,7 +131,21 @@ class _Manager(pluggy.PluginManager):
     """pluggy's manager with a fast path for module plugins: pluggy inspects every module attribute with
     ``inspect.getattr_static``; a module's plain functions without the marker are skipped here directly."""
 
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        #: Hook name -> the meaningless options it was declared with, for the plugin being registered.
+        self.rejected: dict[str, list[str]] = {}
+
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = self._opts(plugin, name)
+        if opts:
+            rejected = _verify.meaningless_options(opts)
+            if rejected:  # recorded here, reported with the plugin's name by the loader
+                self.rejected[name] = rejected
+                return {**opts, **dict.fromkeys(_verify.MEANINGLESS_HOOKIMPL_OPTIONS, False), "specname": None}
+        return opts
+
+    def _opts(self, plugin: Any, name: str) -> Any:
         if isinstance(plugin, types.ModuleType):
             value = plugin.__dict__.get(name)
             if isinstance(value, types.FunctionType):
@@ -179,16 +165,24 @@ class _Loader:
         self.manager.add_hookspecs(hookspecs)
         self.registry = Registry()
         self.origins: dict[str, Origin] = {}
+        self.stderr = sys.stderr
+        self.watch = SlowPluginWatch(self.stderr)
 
     def trace(self, message: str) -> None:
         if self.tracing:
             print(f"prec: {message}", file=sys.stderr, flush=True)
 
-    def problem(self, message: str) -> None:
+    @contextlib.contextmanager
+    def running(self, plugin: str, what: str) -> Iterator[None]:
+        """Around a plugin's own code: what it prints goes to stderr, and a hang is reported after a while."""
+        with contextlib.redirect_stdout(self.stderr), self.watch.watch(plugin, what):
+            yield
+
+    def problem(self, message: str, cause: BaseException | None = None) -> None:
         """A plugin problem that is not fatal: a PluginWarning, or a PluginError under PREC_STRICT_PLUGINS."""
         self.trace(message)
         if self.strict:
-            raise PluginError(message + " (raised because PREC_STRICT_PLUGINS is set)")
+            raise PluginError(message + " (raised because PREC_STRICT_PLUGINS is set)") from cause
         warn(message, PluginWarning)
 
     def fail(self, info: PluginInfo) -> None:
@@ -197,7 +191,8 @@ class _Loader:
             f"prec plugin {info.name!r}"
             + (f" from {info.distribution} {info.version or ''}".rstrip() if info.distribution else "")
             + f" failed and was skipped: {info.error}. Everything else keeps working;"
-            f" PREC_DISABLED_PLUGINS={info.name} skips it without this warning."
+            f" PREC_DISABLED_PLUGINS={info.name} skips it without this warning.",
+            info.exception,
         )
 
     def add(self, name: str, plugin: object, origin: Origin, module: str | None) -> None:
@@ -210,10 +205,15 @@ class _Loader:
             )
             self.trace(f"plugin {name!r} skipped: {reason}")
             return
+        self.manager.rejected.clear()
         try:
             self.manager.register(plugin, name=name)  # pluggy validates hook signatures against the specs
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not break prec
-            self.fail(PluginInfo(name, origin.distribution, origin.version, "error", _describe(error), module))
+            if self.manager.rejected:
+                self.manager.unregister(name=name)
+                hook, rejected = next(iter(self.manager.rejected.items()))
+                raise _verify.hookimpl_options_error(hook, rejected)
+        except Exception as error:  # a broken plugin must not break prec
+            self.fail(_broken(name, origin, module, error))
             return
         self.origins[name] = origin
         self.registry.plugins[name] = info
@@ -235,7 +235,7 @@ class _Loader:
                 info = self.registry.plugins[name]
                 self.manager.unregister(name=name)
                 del impls[name], self.origins[name]
-                self.fail(PluginInfo(name, info.distribution, info.version, "error", problem, info.module))
+                self.fail(_broken(name, info.origin, info.module, problem))
         return impls
 
     def run_hooks(self) -> None:
@@ -251,13 +251,11 @@ class _Loader:
                     if impl is not None:
                         self.trace(f"calling {hook_name} of plugin {name!r}")
                         offered = {"register": callbacks[hook_name]}
-                        impl.function(**{arg: offered[arg] for arg in impl.argnames})
-            except (Exception, SystemExit) as error:  # noqa: BLE001
+                        with self.running(name, f"running {hook_name} of"):
+                            impl.function(**{arg: offered[arg] for arg in impl.argnames})
+            except (Exception, SystemExit) as error:
                 info = self.registry.plugins[name]
-                where = f"{hook_name} raised {_describe(error)}"
-                self.fail(
-                    PluginInfo(name, info.distribution, info.version, "error", where, info.module, None, tuple(keys))
-                )
+                self.fail(_broken(name, info.origin, info.module, error, f"{hook_name} raised ", tuple(keys)))
                 continue
             self.trace(f"plugin {name!r}: hooks took {1e3 * (time.perf_counter() - started):.2f} ms")
             for add, entry in staged:
@@ -272,9 +270,7 @@ class _Loader:
     ) -> dict[str, Any]:
         registry = self.registry
 
-        def stage(kind: str, key: Any, add: Callable[[Any], None], entry: Any, priority: Any) -> None:
-            if not isinstance(priority, int) or isinstance(priority, bool):
-                raise TypeError(f"priority must be an int, got {priority!r}")
+        def stage(kind: str, key: Any, add: Callable[[Any], None], entry: Any, priority: int) -> None:
             item = (kind, key_text(key))
             if item in keys:
                 raise PluginError(f"registers {kind} {key_text(key)!r} twice")
@@ -287,9 +283,11 @@ class _Loader:
 
             if not (isinstance(accelerator, type) and issubclass(accelerator, Accelerator)) or not accelerator.name:
                 raise TypeError(f"register() takes an Accelerator subclass with a name, got {accelerator!r}")
-            aliases = _names(accelerator.aliases, "aliases")
-            entry = AcceleratorEntry(accelerator.name, accelerator, aliases, origin, priority)
-            stage(ACCELERATOR, entry.name, registry.add_accelerator, entry, priority)
+            if accelerator.name != accelerator.name.lower():
+                raise TypeError(f"accelerator names are lower case (they match in any case): {accelerator.name!r}")
+            aliases = _verify.names(accelerator.aliases, "aliases")
+            entry = AcceleratorEntry(accelerator.name, accelerator, aliases, origin, _verify.priority(priority))
+            stage(ACCELERATOR, entry.name, registry.add_accelerator, entry, entry.priority)
 
         def register_precision(
             name: str,
@@ -300,16 +298,19 @@ class _Loader:
             priority: int = 0,
             description: str = "",
         ) -> None:
-            if not isinstance(name, str) or not name or not isinstance(accelerator, str) or not accelerator:
-                raise TypeError(
-                    f"register() takes (name: str, accelerator: str, factory), got {name!r}, {accelerator!r}"
-                )
-            if not callable(factory):
-                raise TypeError(f"the factory for {name!r} on {accelerator!r} is not callable: {factory!r}")
+            name, accelerator = _verify.precision_key(name, accelerator, registry.alias_target)
+            takes_options = _verify.precision_factory(factory, name, accelerator)
             entry = PrecisionEntry(
-                name, accelerator, factory, origin, _names(aliases, "aliases"), priority, description
+                name,
+                accelerator,
+                factory,
+                origin,
+                _verify.names(aliases, "aliases"),
+                _verify.priority(priority),
+                description,
+                takes_options,
             )
-            stage(PRECISION, (name, accelerator), registry.add_precision, entry, priority)
+            stage(PRECISION, (name, accelerator), registry.add_precision, entry, entry.priority)
 
         def register_strategy(
             name: str,
@@ -326,12 +327,12 @@ class _Loader:
                 name,
                 factory,
                 origin,
-                None if accelerators is None else frozenset(_names(accelerators, "accelerators")),
-                None if precisions is None else frozenset(_names(precisions, "precisions")),
-                priority,
+                None if accelerators is None else frozenset(_verify.names(accelerators, "accelerators")),
+                None if precisions is None else frozenset(_verify.names(precisions, "precisions")),
+                _verify.priority(priority),
                 description,
             )
-            stage(STRATEGY, name, registry.add_strategy, entry, priority)
+            stage(STRATEGY, name, registry.add_strategy, entry, entry.priority)
 
         return {
             "prec_register_accelerators": register_accelerator,
@@ -340,25 +341,31 @@ class _Loader:
         }
 
 
-def _hook_problem(plugin: object, implemented: dict[str, Any], unknown: list[str]) -> str | None:
+def _broken(
+    name: str,
+    origin: Origin,
+    module: str | None,
+    error: BaseException,
+    where: str = "",
+    registered: tuple[tuple[str, str], ...] = (),
+) -> PluginInfo:
+    """The record of a broken plugin, keeping the exception itself (traceback and cause) next to its text."""
+    text = where + _describe(error)
+    return PluginInfo(name, origin.distribution, origin.version, "error", text, module, None, registered, error)
+
+
+def _hook_problem(plugin: object, implemented: dict[str, Any], unknown: list[str]) -> PluginError | None:
     """Why a plugin's hooks cannot work (a misspelt hook, a missing decorator), or None."""
     if unknown:
         hints = [difflib.get_close_matches(hook, HOOK_ORDER, n=1) for hook in unknown]
         spelled = "".join(
             f" ({hook}: did you mean {hint[0]}?)" for hook, hint in zip(unknown, hints, strict=True) if hint
         )
-        return f"PluginError: implements unknown hook(s) {', '.join(unknown)}{spelled}; known: {', '.join(HOOK_ORDER)}"
+        return PluginError(f"implements unknown hook(s) {', '.join(unknown)}{spelled}; known: {', '.join(HOOK_ORDER)}")
     undecorated = [hook for hook in HOOK_ORDER if hook not in implemented and callable(getattr(plugin, hook, None))]
     if undecorated:
-        return f"PluginError: defines {', '.join(undecorated)} without the @prec.hookimpl decorator"
+        return PluginError(f"defines {', '.join(undecorated)} without the @prec.hookimpl decorator")
     return None
-
-
-def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
-    """A tuple of non-empty strings (a bare string is a mistake: ``aliases="gpu"`` would mean g, p, u)."""
-    if isinstance(values, str) or not all(isinstance(value, str) and value for value in values):
-        raise TypeError(f"{what} must be a list of names, got {values!r}")
-    return tuple(values)
 
 
 def _entry_points() -> list[EntryPointInfo]:
@@ -375,12 +382,10 @@ def _entry_points() -> list[EntryPointInfo]:
 def _build_registry() -> Registry:
     started = time.perf_counter()
     loader = _Loader()
-    from prec import strategy as core_strategies  # prec-core's own strategies, always present (imports torch)
-
-    loader.trace(f"imported prec.strategy (and torch) in {1e3 * (time.perf_counter() - started):.1f} ms")
+    from prec import core_strategies  # prec-core's own strategies: a plugin like any other, always present
 
     core = Origin(CORE_PLUGIN, "prec-core", distribution_version("prec-core"))
-    loader.add(CORE_PLUGIN, core_strategies, core, "prec.strategy")
+    loader.add(CORE_PLUGIN, core_strategies, core, core_strategies.__name__)
     for name, plugin in _explicit.items():
         loader.add(name, plugin, Origin(name), getattr(plugin, "__name__", None))
     if _env_flag("PREC_DISABLE_PLUGIN_AUTOLOAD"):
@@ -423,18 +428,19 @@ def _load_entry_points(loader: _Loader) -> None:
             loader.registry.plugins[name] = PluginInfo(name, dist, point.version, "disabled", None, point.value, reason)
             loader.trace(f"plugin {name!r} disabled: {reason}")
             continue
+        loader.trace(f"loading plugin {name!r} from {dist} ({point.value})")
         started = time.perf_counter()
+        origin = Origin(name, dist, point.version)
         try:
-            plugin = point.entry_point.load()
-        except (Exception, SystemExit) as error:  # noqa: BLE001
-            loader.fail(
-                PluginInfo(name, dist, point.version, "error", f"import failed: {_describe(error)}", point.value)
-            )
+            with loader.running(name, "importing"):
+                plugin = point.entry_point.load()
+        except (Exception, SystemExit) as error:
+            loader.fail(_broken(name, origin, point.value, error, "import failed: "))
             continue
         loader.trace(
             f"loaded plugin {name!r} from {dist} ({point.value}) in {1e3 * (time.perf_counter() - started):.2f} ms"
         )
-        loader.add(name, plugin, Origin(name, dist, point.version), point.value)
+        loader.add(name, plugin, origin, point.value)
     for variable, names in (("PREC_LOAD_PLUGINS", only or set()), ("PREC_DISABLED_PLUGINS", disabled)):
         unknown = sorted(names - matched)
         if unknown:

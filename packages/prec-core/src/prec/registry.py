@@ -14,11 +14,16 @@ that does not block anything).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prec.entries import (  # noqa: F401 - re-exported: the registry's public vocabulary
+from prec import catalogue
+from prec._explain import Explanations
+from prec._warnings import warn
+from prec.catalogue import KNOWN_GAPS
+from prec.entries import (
     ACCELERATOR,
     ACCELERATOR_ALIAS,
     PRECISION,
@@ -27,58 +32,69 @@ from prec.entries import (  # noqa: F401 - re-exported: the registry's public vo
     AcceleratorEntry,
     Conflict,
     Origin,
+    PluginInfo,
     PrecisionEntry,
     PrecisionFactory,
     StrategyEntry,
     StrategyFactory,
-    _label,
-    _sorted_origins,
     key_text,
+    label,
     normalize_distribution,
+    sorted_origins,
 )
 from prec.errors import (
     AcceleratorUnavailableError,
     ConfigurationError,
+    PluginError,
+    PrecWarning,
     UnknownAcceleratorError,
     UnknownPrecisionError,
     UnknownStrategyError,
     UnsupportedPrecisionError,
 )
-from prec.hookspecs import RegisterAccelerator as RegisterAccelerator  # noqa: F401 - re-exported
-from prec.hookspecs import RegisterPrecision as RegisterPrecision  # noqa: F401
-from prec.hookspecs import RegisterStrategy as RegisterStrategy  # noqa: F401
+from prec.hookspecs import RegisterAccelerator, RegisterPrecision, RegisterStrategy
 from prec.names import AUTO, CANONICAL_PRECISIONS, legacy_names, normalize_precision
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
-    from prec.plugins import PluginInfo
     from prec.precision import Precision
 
-# Which of prec's own distributions provides what, so an error can say what to install.
-BUILTIN_ACCELERATOR_PACKAGES: dict[str, str] = {"cpu": "prec-cpu", "cuda": "prec-cuda", "xla": "prec-xla"}
-BUILTIN_ACCELERATOR_ALIASES: dict[str, str] = {"gpu": "cuda", "tpu": "xla"}
-BUILTIN_PAIR_PACKAGES: dict[tuple[str, str], str] = {
-    **{(name, "cpu"): "prec-cpu" for name in ("bf16-mixed", "16-true", "bf16-true", "32-true")},
-    **{(name, "cuda"): "prec-cuda" for name in ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true")},
-    **{(name, "xla"): "prec-xla" for name in ("bf16-mixed", "16-true", "bf16-true", "32-true")},
-    ("64-true", "cpu"): "prec-double",
-    ("64-true", "cuda"): "prec-double",
-}
-# Pairs the support table rules out, with the reason and what to use instead.
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("16-mixed", "cpu"): "16-mixed needs a GPU: CPU fp16 autocast is slow and needs loss scaling."
-    " Use precision='bf16-mixed' on CPU",
-    ("16-mixed", "xla"): "TPUs compute in bfloat16, not float16. Use precision='bf16-mixed'",
-    ("64-true", "xla"): "TPUs have no float64 arithmetic. Use precision='32-true'",
-    ("64-true", "mps"): "Apple MPS devices have no float64 arithmetic. Use precision='32-true' or the cpu accelerator",
-}
+__all__ = [
+    "ACCELERATOR",
+    "ACCELERATOR_ALIAS",
+    "BUILTIN_ACCELERATOR_ALIASES",
+    "BUILTIN_ACCELERATOR_PACKAGES",
+    "BUILTIN_PAIR_PACKAGES",
+    "KNOWN_GAPS",
+    "PRECISION",
+    "PRECISION_ALIAS",
+    "STRATEGY",
+    "AcceleratorEntry",
+    "Conflict",
+    "Origin",
+    "PluginInfo",
+    "PrecisionEntry",
+    "PrecisionFactory",
+    "RegisterAccelerator",
+    "RegisterPrecision",
+    "RegisterStrategy",
+    "Registry",
+    "StrategyEntry",
+    "StrategyFactory",
+    "key_text",
+    "normalize_distribution",
+]
 
+# The first-party catalogue under its earlier names (see prec.catalogue, where it is declared).
+BUILTIN_ACCELERATOR_PACKAGES = catalogue.ACCELERATOR_PACKAGES
+BUILTIN_ACCELERATOR_ALIASES = catalogue.ACCELERATOR_ALIASES
+BUILTIN_PAIR_PACKAGES = catalogue.PAIR_PACKAGES
 
 _RESERVED_PRECISION_NAMES = frozenset({AUTO, *CANONICAL_PRECISIONS, *(key.strip("'") for key in legacy_names())})
 
 
 @dataclass
-class Registry:
+class Registry(Explanations):
     """Everything the installed plugins registered. Built by :func:`prec.plugins.get_registry`."""
 
     accelerators: dict[str, AcceleratorEntry] = field(default_factory=dict)
@@ -96,6 +112,7 @@ class Registry:
     _precision_aliases: dict[str, str] = field(default_factory=dict)
     _instances: dict[str, Accelerator] = field(default_factory=dict)
     _candidates: dict[tuple[str, Any], list[Any]] = field(default_factory=dict)
+    _provenance: weakref.WeakKeyDictionary[Any, Origin] = field(default_factory=weakref.WeakKeyDictionary)
 
     # -- adding ---------------------------------------------------------------------------------------------
     def add_accelerator(self, entry: AcceleratorEntry) -> None:
@@ -106,6 +123,16 @@ class Registry:
 
     def add_strategy(self, entry: StrategyEntry) -> None:
         self._candidates.setdefault((STRATEGY, entry.name), []).append(entry)
+
+    def alias_target(self, name: str) -> str | None:
+        """The accelerator ``name`` is a first-party alias of (``gpu`` -> ``cuda``), unless a plugin registered an
+        accelerator of that name: a precision registered on such an alias would never match, so registration
+        refuses it. Aliases that plugins declare are known only once every plugin has loaded; a pair on one of
+        those is dropped, with a warning, by :meth:`finalize`."""
+        name = name.lower()
+        if (ACCELERATOR, name) in self._candidates:
+            return None
+        return catalogue.ACCELERATOR_ALIASES.get(name)
 
     def finalize(self) -> None:
         """Apply the conflict rule once everything is registered (see the module docstring)."""
@@ -127,8 +154,8 @@ class Registry:
                 if losers:
                     self.overrides[(kind, key_text(key))] = (winners[0].origin, losers)
             else:
-                origins = _sorted_origins(entry.origin for entry in winners)
-                self.conflicts[(kind, key_text(key))] = Conflict(kind, _label(kind, key), origins, top)
+                origins = sorted_origins(entry.origin for entry in winners)
+                self.conflicts[(kind, key_text(key))] = Conflict(kind, label(kind, key), origins, top)
         accelerator_claims = [
             (alias.lower(), name, entry.origin, entry.priority)
             for name, entry in self.accelerators.items()
@@ -142,7 +169,24 @@ class Registry:
         ]
         reserved = _RESERVED_PRECISION_NAMES | {name for name, _ in self.precisions}
         self._precision_aliases = self._resolve_aliases(PRECISION_ALIAS, precision_claims, reserved)
+        self._drop_pairs_on_aliases()
         self._instances.clear()
+
+    def _drop_pairs_on_aliases(self) -> None:
+        """A pair registered on what turned out to be another plugin's accelerator alias never matches: drop it
+        and say so (a registration on an alias known at the time is refused outright)."""
+        for (name, accelerator), entry in list(self.precisions.items()):
+            target = self._aliases.get(accelerator)
+            if target is not None and accelerator not in self.accelerators:
+                del self.precisions[(name, accelerator)]
+                self.conflicts[(PRECISION, key_text((name, accelerator)))] = Conflict(
+                    PRECISION,
+                    label(PRECISION, (name, accelerator)),
+                    (entry.origin,),
+                    entry.priority,
+                    message=f"precision {name!r} of {entry.origin} is ignored: it is registered on {accelerator!r},"
+                    f" an alias of accelerator {target!r}; register it on {target!r}.",
+                )
 
     def _resolve_aliases(self, kind: str, claims: list[tuple[str, str, Origin, int]], reserved: set[str]) -> dict:
         """Alias -> name, by the same rule as names; an alias that is itself a name is dropped."""
@@ -164,7 +208,7 @@ class Registry:
             if len(winners) == 1:
                 resolved[alias] = winners[0]
             else:
-                origins = _sorted_origins(targets[target][0] for target in winners)
+                origins = sorted_origins(targets[target][0] for target in winners)
                 label = f"{alias!r} (for {' and '.join(map(repr, winners))})"
                 self.conflicts[(kind, alias)] = Conflict(kind, label, origins, top)
         return resolved
@@ -176,15 +220,29 @@ class Registry:
     # -- accelerators ---------------------------------------------------------------------------------------
     def canonical_accelerator(self, name: str) -> str:
         """Resolve an alias (``gpu``, ``tpu``) to the accelerator's registered name."""
-        name = name.lower()
+        name = name.strip().lower()
         conflict = self._blocking_conflict(ACCELERATOR_ALIAS, name)
         if conflict is not None:
             raise UnknownAcceleratorError(str(conflict))
         return self._aliases.get(name) or BUILTIN_ACCELERATOR_ALIASES.get(name, name)
 
+    def select_accelerator(self, accelerator: Any) -> Accelerator:
+        """The front door for an ``accelerator=`` argument: an instance is used as given; a name (any case, an
+        alias, or ``"auto"``) must be installed and available here."""
+        from prec.accelerator import Accelerator
+
+        if isinstance(accelerator, Accelerator):
+            return accelerator
+        if not isinstance(accelerator, str) or not accelerator.strip():
+            raise ConfigurationError(
+                f"accelerator={accelerator!r} must be an accelerator name such as 'auto', 'cpu', 'cuda' or 'gpu'"
+                f" (installed: {', '.join(sorted(self.accelerators)) or 'none'}), or a prec.Accelerator."
+            )
+        return self.available_accelerator(accelerator)
+
     def accelerator(self, name: str) -> Accelerator:
-        """The accelerator instance for ``name`` or an alias; ``"auto"`` picks the best available one."""
-        if name == AUTO:
+        """The accelerator instance for ``name`` or an alias (any case); ``"auto"`` picks the best available."""
+        if name.strip().lower() == AUTO:
             return self.auto_accelerator()
         canonical = self.canonical_accelerator(name)
         conflict = self._blocking_conflict(ACCELERATOR, canonical)
@@ -196,9 +254,7 @@ class Registry:
         if canonical not in self._instances:
             try:
                 self._instances[canonical] = entry.cls()
-            except Exception as error:
-                from prec.errors import PluginError
-
+            except (Exception, SystemExit) as error:
                 raise PluginError(
                     f"accelerator {canonical!r} of {entry.origin} failed to initialise: {type(error).__name__}: {error}"
                 ) from error
@@ -207,6 +263,7 @@ class Registry:
     def available_accelerator(self, name: str) -> Accelerator:
         """Like :meth:`accelerator`, but raise :class:`AcceleratorUnavailableError` when it cannot run here."""
         accelerator = self.accelerator(name)
+        self.announce_override(ACCELERATOR, accelerator.name)
         availability = accelerator.availability()
         if not availability:
             hint = f" {accelerator.install_hint}" if accelerator.install_hint else ""
@@ -220,6 +277,7 @@ class Registry:
         for entry in ranked:
             accelerator = self.accelerator(entry.name)
             if accelerator.availability():
+                self.announce_override(ACCELERATOR, accelerator.name)
                 return accelerator
         raise UnknownAcceleratorError(
             "accelerator='auto' found no available accelerator."
@@ -227,19 +285,6 @@ class Registry:
             + " Install one, e.g. `pip install prec-cpu`."
             + self.plugin_note(ACCELERATOR, lambda item: item[0] == ACCELERATOR)
         )
-
-    def _missing_accelerator_message(self, name: str, canonical: str) -> str:
-        installed = sorted(self.accelerators)
-        message = f"accelerator={name!r} is not installed. Installed accelerators: {', '.join(installed) or 'none'}."
-        package = BUILTIN_ACCELERATOR_PACKAGES.get(canonical)
-        if package:
-            message += self._install_hint(package)
-        else:
-            candidates = installed + list(self._aliases) + [AUTO]
-            match = difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
-            if match:
-                message += f" Did you mean {match[0]!r}?"
-        return message + self.plugin_note(ACCELERATOR, lambda item: item == (ACCELERATOR, canonical), package)
 
     # -- precisions -----------------------------------------------------------------------------------------
     def precision_names(self) -> list[str]:
@@ -264,13 +309,15 @@ class Registry:
         return self._precision_aliases.get(name, name)
 
     def supported_precisions(self, accelerator: str) -> list[str]:
+        """Precision names registered on ``accelerator``, sorted by name."""
         accelerator = self.canonical_accelerator(accelerator)
         return sorted(name for name, acc in self.precisions if acc == accelerator)
 
     def matrix(self) -> dict[str, list[str]]:
-        """Precision name -> accelerator names that support it (the table ``prec list`` prints)."""
+        """Precision name (canonical order) -> accelerator names that support it (the table ``prec list``
+        prints)."""
         table: dict[str, list[str]] = {}
-        for name, accelerator in sorted(self.precisions):
+        for name, accelerator in sorted(self.precisions, key=lambda pair: (precision_order(pair[0]), pair[1])):
             table.setdefault(name, []).append(accelerator)
         return table
 
@@ -288,27 +335,79 @@ class Registry:
             raise UnsupportedPrecisionError(str(conflict))
         raise UnsupportedPrecisionError(self._unsupported_message(name, accelerator))
 
-    def create_precision(self, value: Any, accelerator: Accelerator, **options: Any) -> Precision:
-        """Build the precision plugin for ``value`` on ``accelerator`` (the Trainer's selection step)."""
-        name = self.normalize(value)
-        entry = self.precision_entry(name, accelerator.name)
-        return entry.factory(accelerator, **options)
+    def select_precision(
+        self, precision: Any, accelerator: Accelerator, options: Mapping[str, Any] | None = None
+    ) -> tuple[Precision, str | None]:
+        """The one front door of precision selection (the Trainer and :func:`prec.get_precision`): normalise the
+        name once, resolve ``"auto"`` with the accelerator, build the pair's precision and verify it.
 
-    def _unsupported_message(self, name: str, accelerator: str) -> str:
-        supported = self.supported_precisions(accelerator)
-        message = f"precision={name!r} is not supported on accelerator {accelerator!r}."
-        gap = KNOWN_GAPS.get((name, accelerator))
-        if gap:
-            message += f" {gap}."
-        package = BUILTIN_PAIR_PACKAGES.get((name, accelerator))
-        if package:
-            message += self._install_hint(package)
-        elsewhere = sorted(acc for n, acc in self.precisions if n == name)
-        if elsewhere and not gap:
-            message += f" {name} is available on: {', '.join(elsewhere)}."
-        message += f" Supported on {accelerator}: {', '.join(supported) or 'nothing installed'}."
-        wanted = (PRECISION, key_text((name, accelerator)))
-        return message + self.plugin_note(PRECISION, lambda item: item == wanted, package)
+        Returns the precision and, for ``"auto"``, why the accelerator chose it (``None`` otherwise)."""
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
+            raise ConfigurationError(f"precision_options={options!r} must be a dict of option names to values.")
+        name, reason = self.normalize(precision), None
+        if name == AUTO:
+            name, reason = accelerator.auto_precision()
+        return self._build_precision(self.precision_entry(name, accelerator.name), accelerator, options), reason
+
+    def create_precision(self, value: Any, accelerator: Accelerator, **options: Any) -> Precision:
+        """Build the precision for ``value`` on ``accelerator`` (:meth:`select_precision` without the reason)."""
+        return self.select_precision(value, accelerator, options)[0]
+
+    def provenance(self, precision: Precision) -> Origin | None:
+        """Which plugin, distribution and version built ``precision`` (``None``: not built by this registry,
+        e.g. passed in ``plugins=``)."""
+        try:
+            return self._provenance.get(precision)
+        except TypeError:  # an unhashable subclass
+            return None
+
+    def describe(self, precision: Precision) -> str:
+        """One line for the start of a run: the precision in use and who provides it."""
+        origin = self.provenance(precision)
+        where = f"built by {origin}" if origin is not None else "passed in as an instance"
+        return f"precision {precision.name!r} ({type(precision).__name__}), {where}"
+
+    def _build_precision(self, entry: PrecisionEntry, accelerator: Accelerator, options: Mapping[str, Any]) -> Any:
+        """Call the factory; any failure but a configuration error is the plugin's, and so is a wrong result."""
+        from prec.precision import Precision
+
+        self.announce_override(PRECISION, (entry.name, entry.accelerator))
+        where = f"the factory of precision {entry.name!r} on {entry.accelerator!r} of {entry.origin}"
+        if options and not entry.takes_options:
+            raise ConfigurationError(
+                f"precision_options={dict(options)!r}: precision {entry.name!r} on {entry.accelerator!r}"
+                f" ({entry.origin}) takes no options."
+            )
+        try:
+            result = entry.factory(accelerator, **options)
+        except ConfigurationError:
+            raise
+        except (Exception, SystemExit) as error:
+            raise PluginError(f"{where} raised {type(error).__name__}: {error}") from error
+        if not isinstance(result, Precision):
+            raise PluginError(f"{where} returned {result!r}, not a prec.Precision.")
+        if result.name != entry.name:
+            raise PluginError(f"{where} returned a precision named {result.name!r}; it must be {entry.name!r}.")
+        expected = accelerator.device_type or accelerator.name
+        if result.device_type is not None and result.device_type != expected:
+            raise PluginError(
+                f"{where} returned a precision for device type {result.device_type!r};"
+                f" the accelerator has {expected!r}."
+            )
+        try:
+            self._provenance[result] = entry.origin
+        except TypeError:  # an unhashable subclass: no provenance, nothing else lost
+            pass
+        return result
+
+    def announce_override(self, kind: str, key: Any) -> None:
+        """Warn when ``key`` is served by a plugin that took it over from others by priority: deliberate, but
+        never silent (a plugin replacing ``32-true`` changes what every user of that name trains with)."""
+        override = self.overrides.get((kind, key_text(key)))
+        if override is not None:
+            warn(override_message(kind, key, *override), PrecWarning)
 
     # -- strategies -----------------------------------------------------------------------------------------
     def strategy_entry(self, name: str) -> StrategyEntry:
@@ -336,32 +435,18 @@ class Registry:
                 f" it supports: {', '.join(sorted(entry.precisions))}."
             )
 
-    # -- diagnostics ----------------------------------------------------------------------------------------
-    def _install_hint(self, package: str) -> str:
-        installed = any(normalize_distribution(info.distribution) == package for info in self.plugins.values())
-        return "" if installed else f" `pip install {package}` adds it."
 
-    def plugin_note(self, kind: str, provides: Callable[[tuple[str, str]], bool], package: str | None = None) -> str:
-        """Which broken or disabled plugin explains a failed lookup: one that registered the key before failing,
-        or whose distribution is the package that provides it, definitely would have; other broken plugins may."""
-        certain: list[str] = []
-        possible: list[str] = []
-        for info in self.plugins.values():
-            ours = package is not None and normalize_distribution(info.distribution) == package
-            if info.status == "error":
-                if any(provides(item) for item in info.registered):
-                    certain.append(f"{info.origin}, which registered it and then failed ({info.error})")
-                elif ours:
-                    certain.append(f"{info.origin}, which failed ({info.error})")
-                else:
-                    possible.append(f"{info.origin}: {info.error}")
-            elif info.status == "disabled" and ours:
-                certain.append(f"{info.origin}, which is disabled ({info.reason})")
-        note = ""
-        if certain:
-            note = f" The {kind} would have come from {'; '.join(certain)}."
-        elif possible:
-            note = f" These plugins failed to load and may have provided it: {'; '.join(possible)}."
-        if self.autoload_disabled:
-            note += " PREC_DISABLE_PLUGIN_AUTOLOAD is set: installed plugins were not loaded."
-        return note
+def precision_order(name: str) -> tuple[int, str]:
+    """Sort key: :data:`~prec.names.CANONICAL_PRECISIONS` in their order, then other names alphabetically."""
+    if name in CANONICAL_PRECISIONS:
+        return CANONICAL_PRECISIONS.index(name), ""
+    return len(CANONICAL_PRECISIONS), name
+
+
+def override_message(kind: str, key: Any, winner: Origin, losers: tuple[Origin, ...]) -> str:
+    """The sentence for a key one plugin took over from others by priority, naming every distribution."""
+    what = label(kind, key) if isinstance(key, tuple) else repr(key)
+    return (
+        f"{kind} {what} comes from {winner}, which overrides {' and '.join(map(str, losers))} by priority."
+        f" If that is not what you want, PREC_DISABLED_PLUGINS={winner.plugin} restores the original."
+    )

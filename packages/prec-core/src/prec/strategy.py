@@ -16,12 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from prec.hookspecs import hookimpl
-
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
     from prec.precision import Precision
-    from prec.registry import RegisterStrategy
 
 
 class Strategy:
@@ -147,39 +144,3 @@ def _warn_if_launched(name: str) -> None:
             " them pass strategy='ddp' (or 'fsdp') with devices=<processes per node>, num_nodes=<nodes>.",
             PrecWarning,
         )
-
-
-def _ddp(**kwargs: Any) -> Strategy:
-    from prec.distributed.ddp import DDPStrategy
-
-    return DDPStrategy(**kwargs)
-
-
-def _fsdp(**kwargs: Any) -> Strategy:
-    from prec.distributed.fsdp import FSDPStrategy
-
-    return FSDPStrategy(**kwargs)
-
-
-#: Accelerators torch.distributed serves here (gloo on CPU, nccl on CUDA); XLA has its own runtime.
-DISTRIBUTED_ACCELERATORS = ("cpu", "cuda")
-#: Precisions FSDP maps onto its MixedPrecisionPolicy or onto true-precision shards.
-FSDP_PRECISIONS = ("32-true", "64-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed")
-
-
-@hookimpl
-def prec_register_strategies(register: RegisterStrategy) -> None:
-    register("single", Strategy, description="one process on one device")
-    register(
-        "ddp",
-        _ddp,
-        accelerators=DISTRIBUTED_ACCELERATORS,
-        description="DistributedDataParallel: one process per device (torchrun, or started by prec)",
-    )
-    register(
-        "fsdp",
-        _fsdp,
-        accelerators=DISTRIBUTED_ACCELERATORS,
-        precisions=FSDP_PRECISIONS,
-        description="FSDP2 fully_shard: parameters, gradients and optimizer state sharded across processes",
-    )
