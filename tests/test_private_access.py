@@ -2,7 +2,8 @@
 
 The rule, checked on the source of prec-core and of every first-party plugin:
 
-* ``from prec.x import _name`` from another module is a violation (a private name is its module's own);
+* ``from prec.x import _name`` from another module is a violation (a private name is its module's own; a private
+  *module* such as ``prec._verify`` is the package's, and its public names are for the package to use);
 * ``obj._name`` where ``obj`` is not ``self``/``cls`` is a violation when ``_name`` is a private member that prec
   itself defines (assigned as ``self._name``, or defined in a class or module body): it reaches into another
   object's state. Private members of third-party objects (torch's) are not prec's to tidy: where prec must touch
@@ -53,7 +54,9 @@ def _violations(trees: dict[Path, ast.Module] | None = None) -> list[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0].startswith("prec"):
                 for alias in node.names:
-                    if _private(alias.name):
+                    # A private module of the package (``from prec import _verify``) is the package's own.
+                    module_file = path.parent / f"{alias.name}.py"
+                    if _private(alias.name) and not module_file.exists():
                         found.append(f"{where}:{node.lineno}: imports {node.module}.{alias.name}")
             elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr in ours:
                 owner = node.value

@@ -87,6 +87,7 @@ TRAINER_ARGUMENTS: dict[str, st.SearchStrategy[Any]] = {
     "default_root_dir": _with_junk(None, "runs", "", "a\x00b", b"runs"),
     # Unknown option names are each precision's own check (prec.check_options in its plugin); here only the
     # shapes every precision shares: a dict of str keys, or not.
+    "nonfinite": st.sampled_from(["skip", "raise", "off", "ignore", None, 3, prec.NonFinitePolicy(warn_after=2)]),
     "precision_options": st.sampled_from([None, {}, 5, "init_scale=2", [("a", 1)], {1: 2}, {None: 1}]),
 }
 UNKNOWN_ARGUMENTS = st.dictionaries(
@@ -172,15 +173,13 @@ def test_get_precision_works_or_raises_a_configuration_error(precision: Any, acc
     assert isinstance(plugin, prec.Precision)
 
 
-# -- what still needs a change outside the Trainer: get_precision's accelerator check and the cpu plugin's options ---
-@pytest.mark.xfail(strict=True, reason="get_precision does not check its accelerator argument yet")
+# -- get_precision's accelerator check and the same option errors at every precision -------------------------
 @pytest.mark.parametrize("accelerator", [None, 5, ["cpu"]])
 def test_get_precision_bad_accelerator_is_a_configuration_error(accelerator: Any) -> None:
     with pytest.raises(prec.ConfigurationError, match="accelerator="):
         prec.get_precision("32-true", accelerator=accelerator)
 
 
-@pytest.mark.xfail(strict=True, reason="get_precision does not lower-case accelerator names yet")
 def test_get_precision_accelerator_names_ignore_case() -> None:
     assert isinstance(prec.get_precision("32-true", accelerator="Auto"), prec.Precision)
 

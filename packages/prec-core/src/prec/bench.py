@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, _build, resolve_model
+from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, build_model, resolve_model
 from prec.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def run_once(
     device = accelerator.get_device(0)
     with _peak_memory(device) as memory, tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
         warnings.simplefilter("ignore", PerformanceWarning)  # the table shows the speed; no need to warn
-        module, batches = _build(factory, spec, seed)
+        module, batches = build_model(factory, spec, seed)
         batches = [_to_device(batch, device) for batch in batches]
         recorder = _recorder_class(Callback)(device)
         trainer = Trainer(
@@ -284,7 +284,7 @@ def run_bench(
         raise ConfigurationError(f"--time-limit must be > 0 seconds; got {time_limit}.")
     deadline = None if time_limit is None else time.monotonic() + time_limit
     time_limited = False
-    _build(factory, model, seed)  # a factory that returns the wrong thing fails here, before any measuring
+    build_model(factory, model, seed)  # a factory that returns the wrong thing fails here, before any measuring
     runs: dict[str, list[Run]] = {name: [] for name in chosen}
     errors: dict[str, str] = {}
     previous_threads = torch.get_num_threads()

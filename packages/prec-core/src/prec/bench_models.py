@@ -132,7 +132,7 @@ def resolve_model(spec: str) -> Callable[[], tuple[TrainingModule, list[Any]]]:
     return factory
 
 
-def _build(factory: Callable[[], Any], spec: str, seed: int) -> tuple[TrainingModule, list[Any]]:
+def build_model(factory: Callable[[], Any], spec: str, seed: int) -> tuple[TrainingModule, list[Any]]:
     import torch
 
     from prec.module import TrainingModule

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prec.checkpoint import load_checkpoint
 from prec.hooks import refuse_uncalled_overrides
@@ -85,9 +85,6 @@ def announce(trainer: Trainer) -> None:
 
 
 def describe_precision(trainer: Trainer) -> str:
-    """``"precision 'bf16-mixed' on cpu from prec-cpu 0.1.0"`` (or ``"… passed as plugins=[...]"``)."""
-    precision = trainer.precision_plugin
-    provenance = getattr(trainer.registry, "provenance", None)
-    origin: Any = provenance(precision) if provenance is not None else None
-    source = f"from {origin}" if origin is not None else "passed as plugins=[...]"
-    return f"precision {precision.name!r} on {trainer.accelerator.name} {source}"
+    """What the registry says about the precision in use: its name and the plugin, distribution and version
+    that built it (or that it was passed in as an instance)."""
+    return f"{trainer.registry.describe(trainer.precision_plugin)} on {trainer.accelerator.name}"

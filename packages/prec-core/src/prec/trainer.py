@@ -20,7 +20,6 @@ from prec.errors import ConfigurationError
 from prec.loggers import LoggerGroup
 from prec.model_checkpoint import ModelCheckpoint
 from prec.module import TrainingModule, unwrap_compiled
-from prec.names import AUTO
 from prec.plugins import get_registry
 from prec.precision import NonFinitePolicy, Precision
 from prec.progress import ProgressBarCallback, TQDMProgressBar
@@ -163,13 +162,8 @@ class Trainer:
         self._registry = registry
         #: Why ``precision="auto"`` chose what it chose (``None`` when a precision was given).
         self.auto_precision_reason: str | None = None
-        if isinstance(config.accelerator, Accelerator):
-            self.accelerator = config.accelerator
-        else:
-            self.accelerator = registry.available_accelerator(config.accelerator)
-        self.precision_plugin = self._select_precision(
-            config.precision, list(config.plugins), dict(config.precision_options)
-        )
+        self.accelerator = registry.select_accelerator(config.accelerator)
+        self.precision_plugin = self._select_precision(config.precision, config.plugins, config.precision_options)
         self.precision_plugin.set_nonfinite_policy(config.nonfinite)
         self.devices = self.accelerator.parse_devices(config.devices)
         self.strategy = self._select_strategy(config.strategy, config.num_nodes)  # type: ignore[arg-type]
@@ -228,35 +222,19 @@ class Trainer:
             self.callbacks.append(TQDMProgressBar())
 
     # -- selection ------------------------------------------------------------------------------------------
-    def _select_precision(self, precision: Any, plugins: Any, options: dict[str, Any]) -> Precision:
-        if plugins is None:
-            plugins = []
-        elif isinstance(plugins, Precision) or not isinstance(plugins, (list, tuple)):
-            plugins = [plugins]
-        instances = [plugin for plugin in plugins if isinstance(plugin, Precision)]
-        others = [plugin for plugin in plugins if not isinstance(plugin, Precision)]
-        if others:
-            raise ConfigurationError(f"plugins= takes prec.Precision instances; got {others!r}.")
-        if len(instances) > 1:
-            raise ConfigurationError(f"plugins= holds {len(instances)} precisions; pass one: {instances!r}.")
-        if instances:
-            if precision is not None:
-                raise ConfigurationError(
-                    f"precision={precision!r} and plugins=[{instances[0]!r}] both choose the precision; pass one."
-                )
-            if options:
-                raise ConfigurationError("precision_options apply to a precision built by name, not to plugins=[...].")
-            instance = instances[0]
+    def _select_precision(self, precision: Any, plugins: tuple[Precision, ...], options: Any) -> Precision:
+        """An instance from ``plugins=`` as given (if it fits the accelerator), else the registry's lookup. The
+        configuration already refused two precisions, or a name together with an instance."""
+        if plugins:
+            (instance,) = plugins
             problem = instance.incompatibility(self.accelerator)
             if problem is not None:
                 raise ConfigurationError(
                     f"{problem}. Build it with prec.get_precision(name, {self.accelerator.name!r})."
                 )
             return instance
-        name = self._registry.normalize(precision)
-        if name == AUTO:
-            name, self.auto_precision_reason = self.accelerator.auto_precision()
-        return self._registry.create_precision(name, self.accelerator, **options)
+        selected, self.auto_precision_reason = self._registry.select_precision(precision, self.accelerator, options)
+        return selected
 
     def _select_strategy(self, strategy: str, num_nodes: int) -> Strategy:
         if isinstance(strategy, Strategy):
