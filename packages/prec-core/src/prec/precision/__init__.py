@@ -1,7 +1,24 @@
 """The Precision hierarchy: one small file per family."""
 
 from prec.precision.base import Precision, apply_to_tensors, default_dtype
-from prec.precision.mixed import MixedPrecision
-from prec.precision.true import TruePrecision
+from prec.precision.master import MASTER_WEIGHT_MODES, MasterWeightsPrecision, stochastic_round
+from prec.precision.mixed import SCALER_OPTIONS, MixedPrecision
+from prec.precision.policy import NORM_TYPES, ModulePolicy, ModulePolicyMixin, fsdp_policy_groups
+from prec.precision.true import Float32Precision, TruePrecision
 
-__all__ = ["MixedPrecision", "Precision", "TruePrecision", "apply_to_tensors", "default_dtype"]
+__all__ = [
+    "MASTER_WEIGHT_MODES",
+    "NORM_TYPES",
+    "SCALER_OPTIONS",
+    "Float32Precision",
+    "MasterWeightsPrecision",
+    "MixedPrecision",
+    "ModulePolicy",
+    "ModulePolicyMixin",
+    "Precision",
+    "TruePrecision",
+    "apply_to_tensors",
+    "default_dtype",
+    "fsdp_policy_groups",
+    "stochastic_round",
+]
