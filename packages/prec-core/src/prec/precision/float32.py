@@ -2,8 +2,10 @@
 
 torch has two generations of them: the legacy flags (``torch.backends.cuda.matmul.allow_tf32``,
 ``torch.backends.cudnn.allow_tf32``, ``torch.set_float32_matmul_precision``) and, since torch 2.9, the
-``fp32_precision`` settings per backend and operator. Mixing the two makes torch raise when a legacy flag is
-read, so on a torch with the new settings only those are written (torch keeps the legacy view in step).
+``fp32_precision`` settings per backend and operator. torch keeps the new settings in step when the legacy
+flags are written, but refuses to read a legacy flag once the new ones were written directly. So prec writes
+the legacy flags (which sets cuBLAS, cuDNN and oneDNN matmuls), and the new settings only where one is left in a
+reduced-precision mode (e.g. a user's ``torch.backends.mkldnn.conv.fp32_precision = "bf16"``).
 """
 
 from __future__ import annotations
@@ -15,42 +17,60 @@ import torch
 
 __all__ = ["FP32_PRECISION_SETTINGS", "Float32Flags", "float32_math_settings"]
 
-#: The ``fp32_precision`` settings 32-true controls: (object path under ``torch.backends``, value for full
-#: float32, value under the TF32 opt-in). oneDNN (CPU) stays IEEE float32 either way: TF32 is a GPU format.
-FP32_PRECISION_SETTINGS: tuple[tuple[str, str, str], ...] = (
-    ("cuda.matmul", "ieee", "tf32"),
-    ("cudnn.conv", "ieee", "tf32"),
-    ("cudnn.rnn", "ieee", "tf32"),
-    ("mkldnn.matmul", "ieee", "ieee"),
-    ("mkldnn.conv", "ieee", "ieee"),
-    ("mkldnn.rnn", "ieee", "ieee"),
+#: The ``fp32_precision`` settings (paths under ``torch.backends``) that must not stay in a reduced mode.
+FP32_PRECISION_SETTINGS: tuple[str, ...] = (
+    "cuda.matmul",
+    "cudnn.conv",
+    "cudnn.rnn",
+    "mkldnn.matmul",
+    "mkldnn.conv",
+    "mkldnn.rnn",
 )
+_FULL = ("ieee", "none")
+_LEGACY = ("cuda.matmul.allow_tf32", "cudnn.allow_tf32", "float32_matmul_precision")
 
 
 def _backend(path: str) -> Any:
     return operator.attrgetter(path)(torch.backends)
 
 
-def _new_api() -> bool:
-    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+def _new_settings() -> dict[str, str]:
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # pragma: no cover - torch < 2.9
+        return {}
+    return {path: _backend(path).fp32_precision for path in FP32_PRECISION_SETTINGS}
+
+
+def _legacy_settings() -> dict[str, Any] | None:
+    try:
+        return {
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        }
+    except RuntimeError:  # the new settings were written directly and disagree with each other
+        return None
+
+
+def _set_legacy(matmul_tf32: bool, cudnn_tf32: bool, matmul_precision: str) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    torch.set_float32_matmul_precision(matmul_precision)
 
 
 def float32_math_settings() -> dict[str, Any]:
-    """The current settings, by name (the ``fp32_precision`` ones where torch has them, else the legacy flags)."""
-    if _new_api():
-        return {f"{path}.fp32_precision": _backend(path).fp32_precision for path, _, _ in FP32_PRECISION_SETTINGS}
-    return {
-        "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
+    """The current settings: the legacy flags (``None`` where torch refuses to read them) and the oneDNN
+    convolution/RNN settings the legacy flags do not cover."""
+    legacy = _legacy_settings() or dict.fromkeys(_LEGACY)
+    new = _new_settings()
+    return {**legacy, **{f"{path}.fp32_precision": new[path] for path in ("mkldnn.conv", "mkldnn.rnn") if new}}
 
 
 class Float32Flags:
-    """Set float32 math for a run and put the previous settings back; :meth:`restore` is idempotent."""
+    """Set float32 (or TF32) math for a run and put the previous settings back; :meth:`restore` is idempotent."""
 
     def __init__(self) -> None:
-        self._saved: dict[str, Any] | None = None
+        self._saved: tuple[dict[str, Any] | None, dict[str, str]] | None = None
+        self._overwritten: list[str] = []
 
     @property
     def applied(self) -> bool:
@@ -58,23 +78,22 @@ class Float32Flags:
 
     def apply(self, *, tf32: bool) -> None:
         if self._saved is None:
-            self._saved = float32_math_settings()
-        if _new_api():
-            for path, full, opt_in in FP32_PRECISION_SETTINGS:
-                _backend(path).fp32_precision = opt_in if tf32 else full
-        else:  # pragma: no cover - torch < 2.9
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-            torch.set_float32_matmul_precision("high" if tf32 else "highest")
+            self._saved = (_legacy_settings(), _new_settings())
+        _set_legacy(tf32, tf32, "high" if tf32 else "highest")
+        for path, value in _new_settings().items():
+            if value not in _FULL and not (tf32 and value == "tf32" and not path.startswith("mkldnn")):
+                _backend(path).fp32_precision = "ieee"
+                self._overwritten.append(path)
 
     def restore(self) -> None:
         saved, self._saved = self._saved, None
         if saved is None:
             return
-        if _new_api():
-            for path, _, _ in FP32_PRECISION_SETTINGS:
-                _backend(path).fp32_precision = saved[f"{path}.fp32_precision"]
-        else:  # pragma: no cover - torch < 2.9
-            torch.backends.cuda.matmul.allow_tf32 = saved["cuda.matmul.allow_tf32"]
-            torch.backends.cudnn.allow_tf32 = saved["cudnn.allow_tf32"]
-            torch.set_float32_matmul_precision(saved["float32_matmul_precision"])
+        legacy, new = saved
+        if legacy is not None:
+            _set_legacy(
+                legacy["cuda.matmul.allow_tf32"], legacy["cudnn.allow_tf32"], legacy["float32_matmul_precision"]
+            )
+        for path in FP32_PRECISION_SETTINGS if legacy is None else self._overwritten:
+            _backend(path).fp32_precision = new[path]
+        self._overwritten = []

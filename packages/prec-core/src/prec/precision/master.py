@@ -223,7 +223,7 @@ class MasterWeightsPrecision(TruePrecision):
             return dict(self._pending)  # loaded before any optimizer was set up: not applied yet
         state: dict[str, Any] = {"master_weights": self.master_weights}
         if self.master_weights == "fp32":
-            state["masters"] = [[m for _, m in self._pairs[id(o)]] for o in self._optimizers]
+            state["masters"] = [[m.detach() for _, m in self._pairs[id(o)]] for o in self._optimizers]
         elif self.master_weights == "kahan":
             state["compensation"] = [[c for _, c in self._buffers[id(o)]] for o in self._optimizers]
         elif self._generator is not None:
