@@ -126,19 +126,52 @@ def train(kind: str, name: str, options: dict[str, Any], steps: int, width: int,
     }
 
 
+def step_times(runs: list[tuple[str, dict[str, Any]]], width: int, rounds: int, steps: int) -> dict[str, float]:
+    """Milliseconds per transformer step, best of ``rounds`` interleaved rounds (other work on a shared machine
+    slows some rounds; interleaving and the minimum keep that out of the ratios)."""
+    setups = []
+    for name, options in runs:
+        precision = prec.get_precision(name, "cpu", **options)
+        model, x, y = task("transformer", width)
+        precision.convert_module(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        precision.setup_optimizer(optimizer)
+        setups.append((label(name, options), precision, model, optimizer, precision.convert_input(x[:32]), y[:32]))
+    best = {key: float("inf") for key, *_ in setups}
+    for _ in range(rounds):
+        for key, precision, model, optimizer, x, y in setups:
+            start = time.perf_counter()
+            for _ in range(steps):
+                with precision.forward_context():
+                    output = model(x)
+                loss = torch.nn.functional.mse_loss(precision.convert_output(output), y)
+                precision.backward(loss, model)
+                precision.optimizer_step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+            best[key] = min(best[key], 1000 * (time.perf_counter() - start) / steps)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--times-only", action="store_true", help="re-measure the step times of an existing result")
     args = parser.parse_args()
     warnings.simplefilter("ignore", prec.PerformanceWarning)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    steps, width = (20, 16) if args.quick else (400, 64)
+    steps, width = (20, 16) if args.quick else (args.steps, args.width)
     runs = [*MODES, ("bf16-true", {"keep_float32": NORM_TYPES}), ("16-true", {"keep_float32": NORM_TYPES})]
     runs.append(("bf16-true", {"master_weights": "fp32", "keep_float32": NORM_TYPES}))
-    result: dict[str, Any] = {"torch": torch.__version__, "steps": steps, "width": width, "modes": {}}
+    if args.times_only:
+        result = json.loads((args.out / "precision_depth.json").read_text(encoding="utf-8"))
+        runs = [(name, options) for name, options in runs if label(name, options) in result["modes"]]
+    else:
+        result = {"torch": torch.__version__, "steps": steps, "width": width, "modes": {}}
     reference = retention("32-true", {})["moved_effective"]
-    for name, options in runs:
+    for name, options in [] if args.times_only else runs:
         key = label(name, options)
         entry: dict[str, Any] = {}
         if "keep_float32" not in options:
@@ -149,9 +182,16 @@ def main() -> None:
         entry["transformer"] = train("transformer", name, options, steps, width, 1e-3)
         result["modes"][key] = entry
         print(key, json.dumps(entry))
-    base = result["modes"]["bf16-true"]
-    for entry in result["modes"].values():
-        entry["step_time_vs_bf16_true"] = entry["transformer"]["step_ms"] / base["transformer"]["step_ms"]
+    rounds, per_round = (2, 2) if args.quick else (12, 5)
+    times = step_times(runs, 16 if args.quick else 64, rounds, per_round)
+    result["step_time"] = {
+        "width": 16 if args.quick else 64,
+        "rounds": rounds,
+        "steps_per_round": per_round,
+        "ms": times,
+    }
+    for key, entry in result["modes"].items():
+        entry["step_time_vs_bf16_true"] = times[key] / times["bf16-true"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "precision_depth.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "precision_depth.md").write_text(render(result), encoding="utf-8")
@@ -166,6 +206,8 @@ def render(result: dict[str, Any]) -> str:
         " 32-true's (effective weights: float32 copies / weights + compensation; 16-bit: the model's weights).",
         "Final loss: mean squared error on the whole training set after training, relative to 32-true.",
         "Bytes per parameter (transformer, AdamW): weights + gradients + optimizer state + extras.",
+        f"Step time: transformer of width {result['step_time']['width']}, best of {result['step_time']['rounds']}"
+        " interleaved rounds, relative to plain bf16-true.",
         "",
         "| mode | retention | 16-bit retention | regression loss vs 32-true | transformer loss vs 32-true"
         " | bytes/param (w+g+opt+extra) | step time vs bf16-true |",
