@@ -184,17 +184,12 @@ def test_get_precision_accelerator_names_ignore_case() -> None:
     assert isinstance(prec.get_precision("32-true", accelerator="Auto"), prec.Precision)
 
 
-_CPU_PLUGIN_OPTIONS = pytest.mark.xfail(
-    strict=True, reason="prec-cpu passes precision_options straight to constructors (no prec.check_options)"
-)
-
-
 @pytest.mark.parametrize(
     "precision",
     [
-        pytest.param("32-true", marks=_CPU_PLUGIN_OPTIONS),
-        pytest.param("16-true", marks=_CPU_PLUGIN_OPTIONS),
-        pytest.param("bf16-true", marks=_CPU_PLUGIN_OPTIONS),
+        "32-true",
+        "16-true",
+        "bf16-true",
         "bf16-mixed",
         "64-true",
     ],

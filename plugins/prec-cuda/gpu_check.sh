@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU: run prec-cuda's tests marked `cuda`, then benchmark 32-true, 16-mixed, bf16-mixed
 # and bf16-true through prec.Trainer against a raw torch loop (steps/s and peak memory). Without a GPU both parts
-# skip cleanly and the script exits 0.
+# skip cleanly and the script exits 0. Also checks that 32-true computes in float32 and tf32=True in TF32.
 #
 #   plugins/prec-cuda/gpu_check.sh [benchmark options]     e.g. --steps 100 --batch 4096
 #
@@ -26,6 +26,10 @@ echo "== environment"
 echo
 echo "== tests marked cuda"
 "$PYTHON" -m pytest -m cuda plugins/prec-cuda/tests -q -rs -p no:cacheprovider
+
+echo
+echo "== 32-true is float32, TF32 an opt-in (large matmul and convolution)"
+"$PYTHON" plugins/prec-cuda/benchmarks/tf32_check.py
 
 echo
 echo "== benchmark"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import prec
-from prec.precision import MixedPrecision, Precision, TruePrecision
+from prec.precision import Float32Precision, MixedPrecision, TruePrecision
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def gpu(simulated_cuda) -> None:
         ("bf16-mixed", MixedPrecision, torch.float32, torch.bfloat16),
         ("16-true", TruePrecision, torch.float16, torch.float16),
         ("bf16-true", TruePrecision, torch.bfloat16, torch.bfloat16),
-        ("32-true", Precision, torch.float32, torch.float32),
+        ("32-true", Float32Precision, torch.float32, torch.float32),
     ],
 )
 def test_each_precision(gpu, name: str, cls: type, param_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
@@ -82,7 +82,11 @@ def test_a_cpu_precision_object_on_a_gpu_trainer(gpu) -> None:
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
-        ("16-mixed", {"init_scal": 1.0}, r"unknown option\(s\) \['init_scal'\].*valid: scaler, cache_enabled"),
+        (
+            "16-mixed",
+            {"init_scal": 1.0},
+            r"unknown option\(s\) 'init_scal'.*accepts: .*cache_enabled.*Did you mean 'init_scale'",
+        ),
         ("16-mixed", {"enabled": False}, "unknown option"),
         ("16-mixed", {"scaler": None}, "16-mixed needs a grad scaler"),
         ("16-mixed", {"scaler": False}, "16-mixed needs a grad scaler"),
@@ -93,8 +97,8 @@ def test_a_cpu_precision_object_on_a_gpu_trainer(gpu) -> None:
         ("16-mixed", {"growth_interval": 2.5}, r"growth_interval=2.5 must be an int >= 1"),
         ("16-mixed", {"scaler": "yes"}, "must be a torch.amp.GradScaler"),
         ("bf16-mixed", {"init_scale": 2.0}, "bf16-mixed has no grad scaler"),
-        ("bf16-true", {"cache_enabled": True}, r"valid: convert_inputs_from"),
-        ("32-true", {"init_scale": 2.0}, r"valid: none"),
+        ("bf16-true", {"cache_enabled": True}, r"accepts: convert_inputs_from, keep_float32, master_weights"),
+        ("32-true", {"init_scale": 2.0}, r"accepts: keep_float32, tf32"),
     ],
 )
 def test_bad_options(gpu, name: str, options: dict, match: str) -> None:

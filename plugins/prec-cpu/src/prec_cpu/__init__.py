@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 import prec
-from prec._warnings import warn
+from prec import warn
 from prec.accelerator import Accelerator, Availability
 from prec.errors import PerformanceWarning
-from prec.precision import MixedPrecision, Precision, TruePrecision
+from prec.precision import Precision
+from prec.precision.standard import build_float32, build_mixed, build_true
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,32 +85,41 @@ def _warn_if_slow(name: str) -> None:
         )
 
 
+_NO_SCALER = " (bf16-mixed has no grad scaler: bfloat16 has float32's range)"
+
+
 def bf16_mixed(accelerator: Accelerator, **options: Any) -> Precision:
+    precision = build_mixed("bf16-mixed", "cpu", torch.bfloat16, options, scaler=False, note=_NO_SCALER)
     _warn_if_slow("bf16-mixed")
-    return MixedPrecision("bf16-mixed", "cpu", torch.bfloat16, **options)
+    return precision
 
 
 def bf16_true(accelerator: Accelerator, **options: Any) -> Precision:
+    precision = build_true("bf16-true", torch.bfloat16, "cpu", options)
     _warn_if_slow("bf16-true")
-    return TruePrecision("bf16-true", torch.bfloat16, device_type="cpu", **options)
+    return precision
 
 
 def half_true(accelerator: Accelerator, **options: Any) -> Precision:
-    return TruePrecision("16-true", torch.float16, device_type="cpu", **options)
+    return build_true("16-true", torch.float16, "cpu", options)
 
 
 def full(accelerator: Accelerator, **options: Any) -> Precision:
-    return Precision(**options)
+    return build_float32(options)
+
+
+FLOAT32_DESCRIPTION = "float32 weights and math (TF32 off; opt in with precision_options={'tf32': True})"
+KEEP_UPDATES = "; master_weights='fp32'|'kahan'|'stochastic' keeps small updates"
 
 
 @prec.hookimpl
-def prec_register_accelerators(register: Any) -> None:
+def prec_register_accelerators(register: prec.RegisterAccelerator) -> None:
     register(CPUAccelerator)
 
 
 @prec.hookimpl
-def prec_register_precisions(register: Any) -> None:
-    register("32-true", "cpu", full, description="float32 weights and math")
+def prec_register_precisions(register: prec.RegisterPrecision) -> None:
+    register("32-true", "cpu", full, description=FLOAT32_DESCRIPTION)
     register("bf16-mixed", "cpu", bf16_mixed, description="float32 weights, bfloat16 autocast")
-    register("bf16-true", "cpu", bf16_true, description="bfloat16 weights and math")
-    register("16-true", "cpu", half_true, description="float16 weights and math")
+    register("bf16-true", "cpu", bf16_true, description="bfloat16 weights and math" + KEEP_UPDATES)
+    register("16-true", "cpu", half_true, description="float16 weights and math; master_weights='fp32' keeps updates")

@@ -6,28 +6,16 @@ Each factory checks its options and the device (bfloat16 support) at selection t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from prec.accelerator import Accelerator
 from prec.errors import ConfigurationError, UnsupportedPrecisionError
-from prec.precision import MixedPrecision, Precision, TruePrecision
-from prec.precision.mixed import SCALER_OPTIONS
+from prec.precision import SCALER_OPTIONS, Precision
+from prec.precision.standard import build_float32, build_mixed, build_true
 
-HALF_MIXED_OPTIONS = ("scaler", "cache_enabled", *SCALER_OPTIONS)
-BF16_MIXED_OPTIONS = ("cache_enabled",)
-TRUE_OPTIONS = ("convert_inputs_from",)
-
-
-def check_options(name: str, options: dict[str, Any], allowed: Iterable[str], note: str = "") -> None:
-    """Reject options the precision does not take, naming the ones it does."""
-    allowed = tuple(allowed)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = ", ".join(allowed) if allowed else "none"
-        raise ConfigurationError(f"precision {name!r} on cuda got unknown option(s) {unknown}{note}; valid: {valid}.")
+_NO_SCALER = " (bf16-mixed has no grad scaler: bfloat16 has float32's range)"
 
 
 def require_bf16(name: str, accelerator: Accelerator, instead: str, also: str = "") -> None:
@@ -46,48 +34,48 @@ def require_bf16(name: str, accelerator: Accelerator, instead: str, also: str = 
 def half_mixed(accelerator: Accelerator, **options: Any) -> Precision:
     """16-mixed: float16 autocast and a dynamic grad scaler (``init_scale``, ``growth_interval`` … configure it,
     or pass a ready ``scaler=torch.amp.GradScaler("cuda", ...)``)."""
-    check_options("16-mixed", options, HALF_MIXED_OPTIONS)
-    scaler = options.pop("scaler", True)
-    if scaler is None or scaler is False:
+    if "scaler" in options and (options["scaler"] is None or options["scaler"] is False):
         raise ConfigurationError(
             "16-mixed needs a grad scaler: float16 gradients underflow to zero without loss scaling. For mixed"
             " precision without a scaler use precision='bf16-mixed' (on GPUs with bfloat16)."
         )
-    return MixedPrecision("16-mixed", "cuda", torch.float16, scaler=scaler, **options)
+    return build_mixed("16-mixed", "cuda", torch.float16, options, scaler=True)
 
 
 def bf16_mixed(accelerator: Accelerator, **options: Any) -> Precision:
     """bf16-mixed: bfloat16 autocast, no scaler (bfloat16 has float32's range)."""
-    note = " (bf16-mixed has no grad scaler: bfloat16 has float32's range)" if set(options) & {*SCALER_OPTIONS} else ""
-    check_options("bf16-mixed", options, BF16_MIXED_OPTIONS, note)
+    note = _NO_SCALER if set(options) & {*SCALER_OPTIONS, "scaler"} else ""
+    precision = build_mixed("bf16-mixed", "cuda", torch.bfloat16, options, scaler=False, note=note)
     require_bf16("bf16-mixed", accelerator, "16-mixed")
-    return MixedPrecision("bf16-mixed", "cuda", torch.bfloat16, **options)
+    return precision
 
 
 def bf16_true(accelerator: Accelerator, **options: Any) -> Precision:
     """bf16-true: bfloat16 weights and math; ``Trainer.init_module`` builds the weights on the GPU in bfloat16."""
-    check_options("bf16-true", options, TRUE_OPTIONS)
+    precision = build_true("bf16-true", torch.bfloat16, "cuda", options)
     require_bf16("bf16-true", accelerator, "16-true", also="16-mixed")
-    return TruePrecision("bf16-true", torch.bfloat16, device_type="cuda", **options)
+    return precision
 
 
 def half_true(accelerator: Accelerator, **options: Any) -> Precision:
     """16-true: float16 weights and math (half the memory; can be unstable without loss scaling)."""
-    check_options("16-true", options, TRUE_OPTIONS)
-    return TruePrecision("16-true", torch.float16, device_type="cuda", **options)
+    return build_true("16-true", torch.float16, "cuda", options)
 
 
 def full(accelerator: Accelerator, **options: Any) -> Precision:
-    """32-true: float32 weights and math."""
-    check_options("32-true", options, ())
-    return Precision()
+    """32-true: float32 weights and math, TF32 off for the run unless ``tf32=True``."""
+    return build_float32(options)
 
 
 #: (name, factory, description) for every precision prec-cuda registers on cuda.
 CUDA_PRECISIONS = (
     ("16-mixed", half_mixed, "float32 weights, float16 autocast, dynamic grad scaler"),
     ("bf16-mixed", bf16_mixed, "float32 weights, bfloat16 autocast (Ampere or newer)"),
-    ("16-true", half_true, "float16 weights and math"),
-    ("bf16-true", bf16_true, "bfloat16 weights and math (Ampere or newer)"),
-    ("32-true", full, "float32 weights and math"),
+    ("16-true", half_true, "float16 weights and math; master_weights='fp32' keeps small updates"),
+    (
+        "bf16-true",
+        bf16_true,
+        "bfloat16 weights and math (Ampere or newer); master_weights='fp32'|'kahan'|'stochastic' keeps small updates",
+    ),
+    ("32-true", full, "float32 weights and math (TF32 off; opt in with precision_options={'tf32': True})"),
 )

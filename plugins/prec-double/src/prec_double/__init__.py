@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import prec
+from prec import Option, check_options
 from prec.accelerator import Accelerator
-from prec.errors import ConfigurationError
+from prec.precision.standard import CONVERT_INPUTS_FROM, KEEP_FLOAT32
 from prec_double.precision import (
     DEFAULT_INPUT_DTYPES,
     NAME,
@@ -27,7 +28,11 @@ from prec_double.precision import (
 #: The accelerators this package registers 64-true for.
 ACCELERATORS: tuple[str, ...] = ("cpu", "cuda")
 DESCRIPTION = "float64 weights and math; complex tensors complex128"
-_OPTIONS = ("convert_inputs_from", "output_dtype")
+_OPTIONS = (
+    CONVERT_INPUTS_FROM,
+    Option("output_dtype", "None (keep float64 outputs) or torch.float32"),
+    KEEP_FLOAT32,
+)
 
 
 def double_precision(accelerator: Accelerator, **options: Any) -> DoublePrecision:
@@ -38,16 +43,12 @@ def double_precision(accelerator: Accelerator, **options: Any) -> DoublePrecisio
     """
     for device_type in (accelerator.name, accelerator.device_type):
         check_device_type(device_type)
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"precision_options {unknown} do not apply to {NAME}; it accepts {', '.join(_OPTIONS)}."
-        )
+    options = check_options(NAME, options, _OPTIONS)
     return DoublePrecision(device_type=accelerator.device_type or accelerator.name, **options)
 
 
 @prec.hookimpl
-def prec_register_precisions(register: Any) -> None:
+def prec_register_precisions(register: prec.RegisterPrecision) -> None:
     for accelerator in ACCELERATORS:
         register(NAME, accelerator, double_precision, description=DESCRIPTION)
 

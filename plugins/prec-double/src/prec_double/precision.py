@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from prec.errors import ConfigurationError, UnsupportedPrecisionError
-from prec.precision import TruePrecision
-from prec.precision.base import apply_to_tensors
+from prec.precision import TruePrecision, apply_to_tensors
 from prec.registry import KNOWN_GAPS
 
 NAME = "64-true"
@@ -73,6 +73,7 @@ class DoublePrecision(TruePrecision):
         device_type: str | None = None,
         convert_inputs_from: Iterable[torch.dtype] | None = None,
         output_dtype: torch.dtype | None = None,
+        keep_float32: Iterable[type[torch.nn.Module] | str] = (),
     ) -> None:
         check_device_type(device_type)
         if output_dtype is not None and output_dtype not in _OUTPUT_DTYPES:
@@ -86,24 +87,27 @@ class DoublePrecision(TruePrecision):
             raise ConfigurationError(
                 f"convert_inputs_from holds {', '.join(bad)}; 64-true can only cast floating and complex dtypes."
             )
-        super().__init__(NAME, torch.float64, device_type=device_type, convert_inputs_from=inputs)
+        super().__init__(
+            NAME, torch.float64, device_type=device_type, convert_inputs_from=inputs, keep_float32=keep_float32
+        )
         self.output_dtype = output_dtype
 
+    @override
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Cast floating parameters and buffers to float64 and complex ones to complex128, in place."""
-        return module._apply(to_double)
+        """Cast floating parameters and buffers to float64 and complex ones to complex128, in place (modules
+        named by ``keep_float32`` stay float32)."""
+        return self.module_policy.apply(module, cast_to=torch.float64, cast=to_double)
 
-    def convert_input(self, data: Any) -> Any:
-        return apply_to_tensors(data, self._cast_input)
-
+    @override
     def convert_output(self, data: Any) -> Any:
         """Keep float64 outputs (the default), or cast them to ``output_dtype``."""
         if self.output_dtype is None or self.output_dtype == torch.float64:
             return data
         return apply_to_tensors(data, _to_single)
 
-    def _cast_input(self, tensor: Tensor) -> Tensor:
-        if tensor.dtype not in self._convert_from:
+    @override
+    def cast_input_tensor(self, tensor: Tensor) -> Tensor:
+        if tensor.dtype not in self.convert_inputs_from:
             return tensor
         check_device_type(tensor.device.type)
         return tensor.to(torch.complex128 if tensor.is_complex() else torch.float64)

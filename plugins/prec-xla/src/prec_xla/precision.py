@@ -19,8 +19,8 @@ import torch
 from torch.optim import Optimizer
 
 from prec.accelerator import Accelerator
-from prec.errors import ConfigurationError
 from prec.precision import MixedPrecision, Precision, TruePrecision
+from prec.precision.standard import build_float32, build_mixed, build_true
 
 
 def _xla_model() -> Any:
@@ -66,7 +66,10 @@ class XLAStepMixin:
 
 
 class XLAPrecision(XLAStepMixin, Precision):
-    """32-true on XLA."""
+    """32-true on XLA (TF32 is a CUDA format: ``tf32`` is accepted and changes nothing here)."""
+
+    def __init__(self, *, tf32: bool = False, keep_float32: Any = ()) -> None:
+        self.tf32 = bool(tf32)
 
 
 class XLAMixedPrecision(XLAStepMixin, MixedPrecision):
@@ -77,26 +80,22 @@ class XLATruePrecision(XLAStepMixin, TruePrecision):
     """bf16-true and 16-true on XLA: weights, activations and gradients all in one 16-bit dtype."""
 
 
-def _no_options(name: str, options: dict[str, Any], accepted: str = "none") -> None:
-    if options:
-        raise ConfigurationError(f"precision={name!r} on xla does not take {sorted(options)}; it accepts: {accepted}.")
+_NO_SCALER = " (bfloat16 has float32's range, so there is no grad scaler to configure)"
 
 
-def bf16_mixed(accelerator: Accelerator, *, cache_enabled: bool = True, **options: Any) -> Precision:
-    _no_options(
-        "bf16-mixed", options, "cache_enabled (bfloat16 has float32's range, so there is no grad scaler to configure)"
+def bf16_mixed(accelerator: Accelerator, **options: Any) -> Precision:
+    return build_mixed(
+        "bf16-mixed", "xla", torch.bfloat16, options, scaler=False, base=XLAMixedPrecision, note=_NO_SCALER
     )
-    return XLAMixedPrecision("bf16-mixed", "xla", torch.bfloat16, cache_enabled=cache_enabled)
 
 
 def bf16_true(accelerator: Accelerator, **options: Any) -> Precision:
-    return XLATruePrecision("bf16-true", torch.bfloat16, device_type="xla", **options)
+    return build_true("bf16-true", torch.bfloat16, "xla", options, base=XLATruePrecision)
 
 
 def half_true(accelerator: Accelerator, **options: Any) -> Precision:
-    return XLATruePrecision("16-true", torch.float16, device_type="xla", **options)
+    return build_true("16-true", torch.float16, "xla", options, base=XLATruePrecision)
 
 
 def full(accelerator: Accelerator, **options: Any) -> Precision:
-    _no_options("32-true", options)
-    return XLAPrecision()
+    return build_float32(options, base=XLAPrecision)

@@ -59,7 +59,10 @@ class ConformanceReport:
 def global_state(device_types: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
     """The torch state a precision may change only inside its contexts: default dtype, grad mode and, for each
     device type, whether autocast is on and its dtype."""
+    from prec.precision.float32 import float32_math_settings
+
     state: dict[str, Any] = {"default dtype": torch.get_default_dtype(), "grad enabled": torch.is_grad_enabled()}
+    state.update({f"float32 math: {key}": value for key, value in float32_math_settings().items()})
     for device_type in dict.fromkeys(device_types):
         try:
             state[f"autocast enabled ({device_type})"] = torch.is_autocast_enabled(device_type)
@@ -278,6 +281,9 @@ def check_state_dict_round_trip(case: _Case) -> None:
 def check_teardown_idempotent(case: _Case) -> None:
     precision = case.make()
     before = case.state()
+    setup = getattr(precision, "setup", None)
+    if callable(setup):  # the run-start hook: global settings (32-true's float32 math) undone by teardown()
+        setup()
     _fit(case, precision, 2)
     precision.teardown()
     precision.teardown()
@@ -324,6 +330,31 @@ def check_precision(
     if raise_on_failure and not report.ok:
         raise ConformanceError(report)
     return report
+
+
+#: Option sets of the built-in precisions beyond their defaults, which the kit also checks (see :func:`modes`).
+MODES: dict[str, tuple[dict[str, Any], ...]] = {
+    "32-true": ({"tf32": True}, {"keep_float32": ["0"]}),
+    "bf16-true": (
+        {"master_weights": "fp32"},
+        {"master_weights": "kahan"},
+        {"master_weights": "stochastic"},
+        {"keep_float32": ["1"]},
+        {"master_weights": "fp32", "keep_float32": ["1"]},
+    ),
+    "16-true": ({"master_weights": "fp32"}, {"keep_float32": ["1"]}),
+    "bf16-mixed": ({"keep_float32": ["1"]},),
+    "16-mixed": ({"keep_float32": ["1"]},),
+    "64-true": ({"keep_float32": ["1"]},),
+}
+
+
+def modes(accelerator: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(precision, accelerator, options)`` for every available pair and each of its :data:`MODES` (the
+    default options first): pass them to :func:`check_precision` to check every mode a precision offers."""
+    return [
+        (name, acc, options) for name, acc in precision_pairs(accelerator) for options in ({}, *MODES.get(name, ()))
+    ]
 
 
 def precision_pairs(accelerator: str | None = None) -> list[tuple[str, str]]:

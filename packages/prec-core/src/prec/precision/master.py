@@ -1,0 +1,336 @@
+"""True precisions that keep their updates: 16-bit weights in the model, updates that are not rounded away.
+
+A bfloat16 weight has 8 mantissa bits: ``w - lr * update`` rounds back to ``w`` once the update is below half a
+unit in the last place (``2**-9 * |w|``), so plain bf16-true silently drops small updates. The option
+``master_weights`` of bf16-true and 16-true fixes that for any torch optimizer:
+
+``"fp32"``
+    The optimizer steps float32 copies of the 16-bit parameters (its state is float32 too); the model keeps
+    16-bit weights, rewritten from the copies after each step (DeepSpeed's bf16 optimizer). +4 bytes per
+    parameter for the copies, optimizer state in float32, +4 bytes of float32 gradients during the step.
+``"kahan"``
+    The optimizer steps the 16-bit parameters themselves (state in 16 bit, as plain bf16-true); each update is
+    read back at full resolution and added with a bfloat16 compensation buffer that carries what rounding
+    dropped to the next step. +2 bytes per parameter. bf16-true only.
+``"stochastic"``
+    As ``"kahan"``, but the new weight is rounded stochastically (unbiased: small updates land with the right
+    probability) instead of compensated. No extra persistent bytes; the rounding draws from the precision's
+    own generator, saved in checkpoints. bf16-true only.
+
+How ``"kahan"`` and ``"stochastic"`` read the update at full resolution from an unmodified optimizer: during
+the step the learning rate of every group is multiplied by ``2**16``, so the 16-bit result ``w + 2**16 * u``
+resolves ``u`` to bfloat16's relative precision; ``u = (result - w) / 2**16`` is exact arithmetic in float32.
+That needs an update proportional to the learning rate, which holds for torch's optimizers except LBFGS,
+Rprop, ASGD and Adafactor (refused, use ``"fp32"``). float16's range (65504) is too small for the scaled
+step, hence bf16 only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from prec._warnings import warn
+from prec.errors import ConfigurationError, PrecWarning
+from prec.precision.true import TruePrecision
+
+__all__ = ["LR_SCALE", "MASTER_WEIGHT_MODES", "MasterWeightsPrecision", "stochastic_round"]
+
+#: The values of the ``master_weights`` option (``None`` is plain 16-bit weights).
+MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
+#: The learning-rate multiplier used to read an update at full resolution (see the module docstring).
+LR_SCALE = 2.0**16
+#: Optimizers whose update is not proportional to the learning rate (or that re-evaluate the model).
+_NONLINEAR_IN_LR = tuple(
+    getattr(torch.optim, name) for name in ("LBFGS", "Rprop", "ASGD", "Adafactor") if hasattr(torch.optim, name)
+)
+
+
+def stochastic_round(values: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Round float32 ``values`` to bfloat16 stochastically: up with probability equal to the dropped fraction."""
+    bits = values.view(torch.int32)
+    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
+    rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
+    return torch.where(torch.isfinite(values), rounded, values).to(torch.bfloat16)
+
+
+class MasterWeightsPrecision(TruePrecision):
+    """16-true / bf16-true whose optimizer steps keep small updates (``master_weights``, see the module docs).
+
+    The optimizer must be set up with :meth:`setup_optimizer` (the Trainer does; a loop of your own calls it
+    after building the optimizer, or :meth:`optimizer_step` does on first use). Under ``"fp32"`` the optimizer's
+    ``param_groups`` then hold the float32 copies: gradient clipping, ``on_before_optimizer_step`` and the
+    optimizer all see the float32 gradients it steps on (the model's 16-bit ``.grad`` hold the same values until
+    the step consumes them). Call :meth:`sync_from_model` after changing the model's weights by hand.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dtype: torch.dtype,
+        *,
+        master_weights: str = "fp32",
+        device_type: str | None = None,
+        convert_inputs_from: Iterable[torch.dtype] | None = None,
+        keep_float32: Iterable[type[torch.nn.Module] | str] = (),
+    ) -> None:
+        if master_weights not in MASTER_WEIGHT_MODES:
+            raise ConfigurationError(
+                f"{name}: master_weights={master_weights!r} is not valid; use None or one of {MASTER_WEIGHT_MODES}."
+            )
+        if master_weights != "fp32" and dtype != torch.bfloat16:
+            raise ConfigurationError(
+                f"{name}: master_weights={master_weights!r} needs bfloat16 weights (float16's range cannot hold the"
+                " full-resolution read-back of the update); use master_weights='fp32'."
+            )
+        super().__init__(
+            name, dtype, device_type=device_type, convert_inputs_from=convert_inputs_from, keep_float32=keep_float32
+        )
+        self.master_weights = master_weights
+        self._optimizers: list[Optimizer] = []
+        self._pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}  # fp32: (model parameter, float32 copy)
+        self._buffers: dict[int, list[tuple[Tensor, Tensor | None]]] = {}  # kahan/stochastic: (param, compensation)
+        self._gathered: set[int] = set()
+        self._pending: dict[str, Any] | None = None
+        self._generator: torch.Generator | None = None
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    @override
+    def setup_optimizer(self, optimizer: Optimizer) -> None:
+        """Give the optimizer float32 copies (``"fp32"``) or create the compensation buffers; idempotent."""
+        if id(optimizer) in self._pairs or id(optimizer) in self._buffers:
+            return
+        if self.master_weights == "fp32":
+            self._pairs[id(optimizer)] = _install_masters(optimizer, self.param_dtype)
+        else:
+            if isinstance(optimizer, _NONLINEAR_IN_LR):
+                raise ConfigurationError(
+                    f"{self.name}: master_weights={self.master_weights!r} cannot drive {type(optimizer).__name__},"
+                    " whose update is not proportional to the learning rate. Use master_weights='fp32', which works"
+                    " with every optimizer."
+                )
+            kahan = self.master_weights == "kahan"
+            self._buffers[id(optimizer)] = [
+                (p, torch.zeros_like(p) if kahan else None)
+                for group in optimizer.param_groups
+                for p in group["params"]
+                if p.dtype == self.param_dtype
+            ]
+            if not kahan and self._generator is None:
+                device = next((p.device for p, _ in self._buffers[id(optimizer)]), torch.device("cpu"))
+                self._generator = torch.Generator(device=device)
+                self._generator.manual_seed(torch.initial_seed() % 2**63)
+        self._optimizers.append(optimizer)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.load_state_dict(pending)
+
+    def sync_from_model(self) -> None:
+        """Take the float32 copies from the model's current weights and clear the compensation."""
+        for pairs in self._pairs.values():
+            with torch.no_grad():
+                for param, master in pairs:
+                    master.copy_(param)
+        for buffers in self._buffers.values():
+            for _, compensation in buffers:
+                if compensation is not None:
+                    compensation.zero_()
+
+    # -- the step -----------------------------------------------------------------------------------------
+    @override
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        """Hand the optimizer the gradients it steps on (float32 copies of the model's under ``"fp32"``)."""
+        if self.master_weights == "fp32":
+            self.setup_optimizer(optimizer)
+            if id(optimizer) not in self._gathered:
+                _gather_gradients(self._pairs[id(optimizer)])
+                self._gathered.add(id(optimizer))
+
+    @override
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any] | None = None,
+        *,
+        update: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        self.setup_optimizer(optimizer)
+        if self.master_weights == "fp32":
+            return self._step_masters(optimizer, closure, update, kwargs)
+        return self._step_compensated(optimizer, closure, update, kwargs)
+
+    def _step_masters(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None, update: bool, kwargs: dict[str, Any]
+    ) -> Any:
+        pairs = self._pairs[id(optimizer)]
+        step_closure = None
+        if closure is not None:
+
+            def step_closure() -> Any:  # an optimizer that re-evaluates sees the weights it is stepping
+                _write_back(pairs)
+                for param, _ in pairs:
+                    param.grad = None
+                result = closure()
+                _gather_gradients(pairs)
+                return result
+        else:
+            self.unscale_gradients(optimizer)
+        try:
+            return super().optimizer_step(optimizer, step_closure, update=update, **kwargs)
+        finally:
+            self._gathered.discard(id(optimizer))
+            _write_back(pairs)
+            for param, master in pairs:
+                param.grad = None
+                master.grad = None
+
+    def _step_compensated(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None, update: bool, kwargs: dict[str, Any]
+    ) -> Any:
+        buffers = [(p, c) for p, c in self._buffers[id(optimizer)] if p.grad is not None or closure is not None]
+        before = [p.detach().clone() for p, _ in buffers]
+        learning_rates = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+            group["lr"] = lr * LR_SCALE
+        try:
+            result = super().optimizer_step(optimizer, closure, update=update, **kwargs)
+        finally:
+            for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+                group["lr"] = lr
+        with torch.no_grad():
+            for (param, compensation), old in zip(buffers, before, strict=True):
+                exact = old.float()
+                exact += (param.float() - exact) / LR_SCALE
+                if compensation is not None:
+                    exact += compensation.float()
+                    param.copy_(exact)
+                    compensation.copy_(exact - param.float())
+                else:
+                    param.copy_(stochastic_round(exact, self._generator))
+        return result
+
+    # -- state --------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The float32 copies or compensation buffers (per optimizer, in set-up order) and the rounding RNG."""
+        if not self._optimizers and self._pending is not None:
+            return dict(self._pending)  # loaded before any optimizer was set up: not applied yet
+        state: dict[str, Any] = {**super().state_dict(), "master_weights": self.master_weights}
+        if self.master_weights == "fp32":
+            state["masters"] = [[m.detach() for _, m in self._pairs[id(o)]] for o in self._optimizers]
+        elif self.master_weights == "kahan":
+            state["compensation"] = [[c for _, c in self._buffers[id(o)]] for o in self._optimizers]
+        elif self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; from another mode (or none) convert what can be, with a warning."""
+        if not self._optimizers:
+            self._pending = dict(state_dict)  # applied when the optimizer is set up
+            return
+        self.guard.load_state_dict(state_dict)  # the skip counters, kept in every mode
+        saved = state_dict.get("master_weights")
+        if saved == self.master_weights:
+            self._load_same_mode(state_dict)
+            return
+        self.sync_from_model()
+        if saved == "fp32" and self.master_weights == "kahan":
+            _masters_to_compensation(state_dict["masters"], self._buffers, self._optimizers)
+            how = "the compensation is rebuilt from the float32 copies"
+        elif saved == "kahan" and self.master_weights == "fp32":
+            _compensation_to_masters(state_dict["compensation"], self._pairs, self._optimizers)
+            how = "the float32 copies are rebuilt from the weights plus the compensation"
+        else:
+            how = "it starts from the model's 16-bit weights"
+        warn(
+            f"{self.name}: the precision state was saved with master_weights={saved!r}, this run uses"
+            f" master_weights={self.master_weights!r}: {how}.",
+            PrecWarning,
+        )
+
+    def _load_same_mode(self, state_dict: dict[str, Any]) -> None:
+        if self.master_weights == "stochastic":
+            if self._generator is not None and "generator" in state_dict:
+                self._generator.set_state(state_dict["generator"])
+            return
+        key = "masters" if self.master_weights == "fp32" else "compensation"
+        targets = [
+            [m for _, m in self._pairs[id(o)]] if key == "masters" else [c for _, c in self._buffers[id(o)]]
+            for o in self._optimizers
+        ]
+        saved = state_dict[key]
+        shapes = [[tuple(t.shape) for t in group] for group in saved]
+        if shapes != [[tuple(t.shape) for t in group] for group in targets]:
+            raise ConfigurationError(f"{self.name}: the saved {key} do not fit the optimizers' parameters.")
+        with torch.no_grad():
+            for group, saved_group in zip(targets, saved, strict=True):
+                for target, value in zip(group, saved_group, strict=True):
+                    target.copy_(value)  # type: ignore[union-attr]
+            for pairs in self._pairs.values():
+                _write_back(pairs)
+
+    @override
+    def teardown(self) -> None:
+        self._gathered.clear()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, master_weights={self.master_weights!r})"
+
+
+def _install_masters(optimizer: Optimizer, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+    """Swap each ``dtype`` parameter of ``optimizer`` for a float32 copy (moving any state it already has)."""
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for group in optimizer.param_groups:
+        params = group["params"]
+        for index, param in enumerate(params):
+            if param.dtype != dtype:
+                continue
+            master = torch.nn.Parameter(param.detach().float(), requires_grad=param.requires_grad)
+            if param in optimizer.state:
+                state = optimizer.state.pop(param)
+                optimizer.state[master] = {
+                    k: v.float() if isinstance(v, Tensor) and v.is_floating_point() and v.dim() else v
+                    for k, v in state.items()
+                }
+            params[index] = master
+            pairs.append((param, master))
+    return pairs
+
+
+def _gather_gradients(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    for param, master in pairs:
+        master.grad = None if param.grad is None else param.grad.float()
+
+
+def _write_back(pairs: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for param, master in pairs:
+            param.copy_(master)
+
+
+def _masters_to_compensation(
+    masters: list[list[Tensor]], buffers: dict[int, list[tuple[Tensor, Tensor | None]]], optimizers: list[Optimizer]
+) -> None:
+    with torch.no_grad():
+        for optimizer, group in zip(optimizers, masters, strict=False):
+            for (param, compensation), master in zip(buffers[id(optimizer)], group, strict=False):
+                param.copy_(master)
+                if compensation is not None:
+                    compensation.copy_(master.to(param.device) - param.float())
+
+
+def _compensation_to_masters(
+    compensation: list[list[Tensor]], pairs: dict[int, list[tuple[Tensor, Tensor]]], optimizers: list[Optimizer]
+) -> None:
+    with torch.no_grad():
+        for optimizer, group in zip(optimizers, compensation, strict=False):
+            for (param, master), comp in zip(pairs[id(optimizer)], group, strict=False):
+                master.copy_(param.float() + comp.to(param.device).float())
