@@ -54,6 +54,10 @@ class Classifier(prec.TrainingModule):
         self.losses.append(loss.item())
         return loss
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x).float(), y))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
@@ -150,6 +154,7 @@ def test_converting_twice_adds_nothing() -> None:
     model = precision.convert_module(precision.convert_module(Classifier()))
     assert float8_layers(model) == CONVERTED
     assert all(len(model.get_submodule(name)._forward_pre_hooks) == 1 for name in CONVERTED)
+    assert all(len(model.get_submodule(name)._forward_hooks) == 1 for name in CONVERTED)
 
 
 @pytest.mark.parametrize(
@@ -211,3 +216,55 @@ def test_prec_list_names_the_distribution() -> None:
     for key in [("fp8-mixed", "cpu"), ("fp8-bf16-true", "cpu"), ("fp8-mixed", "cuda"), ("fp8-bf16-true", "cuda")]:
         assert rows[key]["distribution"] == "prec-torchao", rows[key]
         assert "torchao" in rows[key]["description"] and "unavailable" not in rows[key]["description"]
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["fp8-mixed", "fp8-bf16-true"])
+def test_checkpoints_load_into_plain_linear_models_and_back(tmp_path, name: str) -> None:
+    trainer, fp8_model = fit(name, max_epochs=1)
+    trainer.save_checkpoint(tmp_path / "fp8.ckpt")
+    saved = weights(fp8_model)
+    assert float8_layers(fp8_model)
+
+    # into a plain model at 32-true: the same keys, the exact weights (cast from bfloat16 under fp8-bf16-true)
+    plain = Classifier()
+    tester = prec.Trainer(accelerator="cpu", precision="32-true", enable_progress_bar=False)
+    tester.validate(plain, data(1), ckpt_path=tmp_path / "fp8.ckpt")
+    assert not float8_layers(plain)
+    loaded = weights(plain)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[key], saved[key].float()) for key in saved)
+
+    # resume training at 32-true from the fp8 checkpoint, then back into fp8 from the 32-true one
+    resumed = prec.Trainer(accelerator="cpu", precision="32-true", max_epochs=2, enable_progress_bar=False)
+    resumed.fit(plain, data(), ckpt_path=tmp_path / "fp8.ckpt")
+    resumed.save_checkpoint(tmp_path / "plain.ckpt")
+    again = Classifier()
+    trainer = prec.Trainer(
+        accelerator="cpu", precision=name, precision_options=EMULATE, max_epochs=3, enable_progress_bar=False
+    )
+    trainer.validate(again, data(1), ckpt_path=tmp_path / "plain.ckpt")
+    assert float8_layers(again) == CONVERTED
+    expected = weights(plain)
+    assert all(
+        torch.equal(value.float(), expected[key].to(value.dtype).float()) for key, value in weights(again).items()
+    )
+    trainer.fit(again, data(), ckpt_path=tmp_path / "plain.ckpt")
+    assert trainer.current_epoch == 3 and float8_layers(again) == CONVERTED
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_evaluation_modes_and_exceptions_leave_autocast_as_it_was(mode: Any) -> None:
+    precision = prec.get_precision("fp8-mixed", "cpu", **EMULATE)
+    model = precision.convert_module(Classifier())
+    x = data(1)[0][0]
+    with mode(), precision.forward_context():
+        assert model(x).dtype == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu")
+        with pytest.raises(RuntimeError):
+            model(torch.randn(2, 3))  # the wrong width raises inside a Float8Linear's forward
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")

@@ -88,15 +88,37 @@ def plan(
     return report
 
 
-def cast_to_autocast_dtype(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Forward pre-hook: cast a Float8Linear's input to the CPU autocast dtype when CPU autocast is on.
+class CpuAutocastBridge:
+    """Run a Float8Linear under CPU autocast the way torchao runs it under CUDA autocast.
 
-    torchao's Float8Linear reproduces autocast itself but reads only the CUDA autocast state; without this hook it
-    would compute in float32 under CPU autocast, unlike the same model on a GPU."""
-    if not torch.is_autocast_enabled("cpu"):
-        return args
-    dtype = torch.get_autocast_dtype("cpu")
-    return tuple(arg.to(dtype) if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args)
+    torchao's Float8Linear reproduces autocast itself but reads only the CUDA autocast state: under CPU autocast it
+    would compute in float32, and under ``torch.inference_mode`` (prec's validation) CPU autocast reaches its float8
+    tensors and fails. The pre-hook casts the input to the autocast dtype and switches CPU autocast off for the
+    layer's own forward; the hook after it (``always_call``: also when the forward raises) switches it back."""
+
+    def __init__(self) -> None:
+        self.contexts: list[torch.autocast] = []
+
+    def before(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not torch.is_autocast_enabled("cpu"):
+            self.contexts.append(None)  # type: ignore[arg-type]
+            return args
+        dtype = torch.get_autocast_dtype("cpu")
+        context = torch.autocast("cpu", enabled=False)
+        context.__enter__()
+        self.contexts.append(context)
+        return tuple(
+            arg.to(dtype) if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args
+        )
+
+    def after(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        context = self.contexts.pop() if self.contexts else None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    def attach(self, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(self.before)
+        module.register_forward_hook(self.after, always_call=True)
 
 
 def convert_linear_layers(
@@ -114,5 +136,5 @@ def convert_linear_layers(
     if cpu_autocast:
         for name, layer in converted.named_modules():
             if name in chosen and name not in before and isinstance(layer, linear_type):
-                layer.register_forward_pre_hook(cast_to_autocast_dtype)
+                CpuAutocastBridge().attach(layer)
     return converted
