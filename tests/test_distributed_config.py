@@ -111,13 +111,15 @@ def test_precision_fsdp_cannot_map_lists_the_supported_ones() -> None:
     class Fp8Plugin:
         @prec.hookimpl
         def prec_register_precisions(self, register: Any) -> None:
-            register("fp8-mixed", "cpu", lambda accelerator: MixedPrecision("fp8-mixed", "cpu", torch.bfloat16))
+            register(
+                "fp8-test-mixed", "cpu", lambda accelerator: MixedPrecision("fp8-test-mixed", "cpu", torch.bfloat16)
+            )
 
     name = prec.register_plugin(Fp8Plugin(), "fp8-test")
     try:
-        assert prec.Trainer(accelerator="cpu", strategy="ddp", precision="fp8-mixed").precision == "fp8-mixed"
-        with pytest.raises(ConfigurationError, match=r"'fsdp' does not support precision 'fp8-mixed'.*bf16-mixed"):
-            prec.Trainer(accelerator="cpu", strategy="fsdp", precision="fp8-mixed")
+        assert prec.Trainer(accelerator="cpu", strategy="ddp", precision="fp8-test-mixed").precision == "fp8-test-mixed"
+        with pytest.raises(ConfigurationError, match=r"'fsdp' does not support precision 'fp8-test-mixed'.*bf16-mixed"):
+            prec.Trainer(accelerator="cpu", strategy="fsdp", precision="fp8-test-mixed")
     finally:
         prec.unregister_plugin(name)
 

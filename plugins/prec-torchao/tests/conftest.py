@@ -37,7 +37,6 @@ SimulateGpu = Callable[..., None]
 def simulated_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulateGpu]:
     """Call ``simulated_gpu(capability=(9, 0))`` to make ``cuda`` look available with that GPU (a simulation)."""
     import prec_torchao.precisions
-
     from prec_cuda import CUDAAccelerator
 
     def simulate(capability: tuple[int, int] = (9, 0), name: str = "Simulated GPU") -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 
 import prec
+from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 
 
 @pytest.mark.parametrize("capability", [(8, 9), (9, 0), (10, 0)])

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 import torch
-from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 from torchao.float8.float8_linear import Float8Linear
 
 import prec
+from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 
 WIDTH, HIDDEN, CLASSES = 32, 64, 4
 
