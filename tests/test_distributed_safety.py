@@ -25,7 +25,7 @@ RENDEZVOUS_S = 10  # the bound under test: PREC_RENDEZVOUS_TIMEOUT in these jobs
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 
 WORKER = textwrap.dedent(
-    '''
+    """
     import json, os, sys
     from pathlib import Path
 
@@ -65,7 +65,7 @@ WORKER = textwrap.dedent(
         state = {k: v.tolist() for k, v in model.state_dict().items()}
         info = {"world_size": trainer.world_size, "cluster": trainer.strategy.cluster, "state": state}
         (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(info))
-    '''
+    """
 )
 
 
@@ -118,8 +118,8 @@ def script(tmp_path: Path) -> Path:
 
 def rank_env(rank: int, port: int, **extra: str) -> dict[str, str]:
     return clean_env(
-        RENDEZVOUS_S, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port), **extra,
+        RENDEZVOUS_S, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **extra,
     )  # fmt: skip
 
 
@@ -128,7 +128,9 @@ def rank_env(rank: int, port: int, **extra: str) -> dict[str, str]:
 def test_taken_port_ends_every_rank_with_a_clear_error(tmp_path: Path, script: Path, taken_port: int) -> None:
     """Both ranks started by a launcher (as srun does) at a port another program holds."""
     command = [sys.executable, str(script), str(tmp_path), "fit"]
-    (result0, result1), seconds = run([(command, rank_env(0, taken_port)), (command, rank_env(1, taken_port))], tmp_path)
+    (result0, result1), seconds = run(
+        [(command, rank_env(0, taken_port)), (command, rank_env(1, taken_port))], tmp_path
+    )
     assert result0[0] != 0 and result1[0] != 0
     assert f"RendezvousError: rank 0 cannot host the job's rendezvous on 127.0.0.1:{taken_port}" in result0[1]
     assert f"port {taken_port} is already in use by another program" in result0[1]

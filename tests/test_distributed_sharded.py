@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 HANG_GUARD_S = 300  # the launch takes about 15 s here
 
 WORKER = textwrap.dedent(
-    '''
+    """
     import json, os, sys
     from pathlib import Path
 
@@ -130,7 +130,7 @@ WORKER = textwrap.dedent(
     model, optimizer = sharded()
     train(model, optimizer, range(1))
     save_sharded(path, model, [optimizer], {"rank": rank})  # rank 0 dies in here; rank 1 at the next barrier
-    '''
+    """
 )
 
 SYNC_WORKER = textwrap.dedent(
