@@ -182,6 +182,12 @@ class Strategy:
         self.load_module_state_dict(module, checkpoint.pop("state_dict"))
         saved = checkpoint.pop("optimizer_states", [])
         if optimizers:
+            if len(saved) != len(optimizers):
+                from prec.errors import CheckpointError
+
+                raise CheckpointError(
+                    f"checkpoint {path} holds {len(saved)} optimizer states for {len(optimizers)} optimizers."
+                )
             for optimizer, optimizer_state in zip(optimizers, saved, strict=True):
                 optimizer.load_state_dict(optimizer_state)
         return checkpoint
