@@ -225,10 +225,33 @@ def test_fsdp_refuses_parameters_left_on_meta(process_group_closed: None) -> Non
         trainer.fit(OnMeta(), DataLoader(TensorDataset(torch.ones(2, 2))))
 
 
-def test_fsdp_refuses_a_checkpoint_to_resume(tmp_path: Any) -> None:
-    trainer = prec.Trainer(accelerator="cpu", strategy="fsdp", devices=1, max_steps=1, enable_progress_bar=False)
-    with pytest.raises(ConfigurationError, match=r"'fsdp' cannot load ckpt_path yet.*strategy='ddp'"):
-        trainer.fit(Tiny(), DataLoader(TensorDataset(torch.ones(2, 2))), ckpt_path=tmp_path / "any.ckpt")
+class TinyAdam(Tiny):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.1)
+
+
+def test_a_single_process_checkpoint_resumes_under_fsdp(tmp_path: Any, process_group_closed: None) -> None:
+    """The full single-file checkpoint (Adam's moments included) loads into FSDP's shards through the
+    optimizer's load_state_dict pre-hook, and training goes on as in one process."""
+    loader = DataLoader(TensorDataset(torch.randn(8, 2, generator=torch.Generator().manual_seed(1))), batch_size=2)
+
+    def fit(strategy: str, epochs: int, ckpt_path: Any = None) -> tuple[prec.Trainer, TinyAdam]:
+        torch.manual_seed(0)
+        model = TinyAdam()
+        trainer = prec.Trainer(
+            accelerator="cpu", strategy=strategy, devices=1, max_epochs=epochs, enable_progress_bar=False, logger=False
+        )
+        trainer.fit(model, loader, ckpt_path=ckpt_path)
+        return trainer, model
+
+    trainer, _ = fit("single", 1)
+    trainer.save_checkpoint(tmp_path / "single.ckpt")
+    _, straight = fit("single", 2)
+    resumed_trainer, resumed = fit("fsdp", 2, ckpt_path=tmp_path / "single.ckpt")
+    assert resumed_trainer.global_step == 8
+    state = resumed_trainer.strategy.module_state_dict(resumed)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-6)
 
 
 # -- data sharding -----------------------------------------------------------------------------------------

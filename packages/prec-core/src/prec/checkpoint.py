@@ -93,25 +93,28 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def build_checkpoint(trainer: Trainer, model: TrainingModule) -> dict[str, Any]:
-    """Collect the checkpoint dict (on every process: a sharded strategy gathers the state here)."""
-    state = trainer.strategy.module_state_dict(model)
+def build_checkpoint(trainer: Trainer, model: TrainingModule, *, weights: bool = True) -> dict[str, Any]:
+    """Collect the checkpoint dict (on every process: a sharded strategy gathers the state here). Without
+    ``weights`` the model's and optimizers' states are left out, for a strategy that writes them in its own
+    layout (:meth:`prec.Strategy.save_checkpoint`)."""
     precision = trainer.precision_plugin
+    local = model.state_dict()  # this process's view: dtypes for the metadata, no gathering
     checkpoint: dict[str, Any] = {
         "prec_checkpoint_version": CHECKPOINT_VERSION,
         "precision": {
             "name": precision.name,
             "param_dtype": str(precision.param_dtype),
-            "parameter_dtypes": {k: str(v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)},
+            "parameter_dtypes": {k: str(v.dtype) for k, v in local.items() if isinstance(v, torch.Tensor)},
         },
-        "state_dict": state,
-        "optimizer_states": [trainer.strategy.optimizer_state_dict(optimizer) for optimizer in trainer.optimizers],
         "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         "precision_state": precision.state_dict(),
         "loops": trainer.state.loop_state(),
         "rng": capture_rng(),
         "callbacks": {callback.state_key: callback.state_dict() for callback in trainer.callbacks},
     }
+    if weights:
+        checkpoint["state_dict"] = trainer.strategy.module_state_dict(model)
+        checkpoint["optimizer_states"] = [trainer.strategy.optimizer_state_dict(o) for o in trainer.optimizers]
     hparams = hparams_of(model)
     if hparams:
         checkpoint["hyper_parameters"] = checkpoint_hparams(hparams)
@@ -128,10 +131,18 @@ def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.Path
     """Restore ``path`` into a set-up run: the model always; optimizers, schedulers, the precision's state,
     loop counters, RNG and callbacks for ``fit``."""
     path = Path(path)
-    checkpoint = read_checkpoint(path)
-    check_foreign_checkpoint(path, checkpoint, stage)
-    saved_precision = checkpoint.get("precision", {}).get("name", "unknown")
-    _load_model_state(trainer, model, checkpoint["state_dict"], path, saved_precision)
+    from prec.distributed.sharded_checkpoint import is_sharded_checkpoint
+
+    if is_sharded_checkpoint(path):  # weights and optimizer states in the strategy's own layout
+        checkpoint = trainer.strategy.load_checkpoint(path, model, trainer.optimizers if stage == "fit" else [])
+        saved_precision = checkpoint.get("precision", {}).get("name", "unknown")
+        sharded = True
+    else:
+        checkpoint = read_checkpoint(path)
+        check_foreign_checkpoint(path, checkpoint, stage)
+        saved_precision = checkpoint.get("precision", {}).get("name", "unknown")
+        _load_model_state(trainer, model, checkpoint["state_dict"], path, saved_precision)
+        sharded = False
     if stage == "fit":
         # Callback states first (Lightning's order): a finetuning callback restores the param groups it added
         # before the optimizer states that include them are loaded.
@@ -143,7 +154,7 @@ def load_checkpoint(trainer: Trainer, model: TrainingModule, path: str | os.Path
             restore = getattr(callback, "restore_param_groups", None)
             if restore is not None:
                 restore(trainer, model)
-        _load_optimizers(trainer, checkpoint, path)
+        _load_optimizers(trainer, checkpoint, path, sharded)
         _load_precision_state(trainer, checkpoint.get("precision_state", {}), path, saved_precision)
         trainer.state.restore_loop_state(checkpoint.get("loops", {}), checkpoint.get("rng"))
         if trainer.datamodule is not None and "datamodule" in checkpoint:
@@ -195,11 +206,14 @@ def _load_model_state(
     trainer.strategy.load_module_state_dict(model, state)
 
 
-def _load_optimizers(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+def _load_optimizers(trainer: Trainer, checkpoint: dict[str, Any], path: Path, sharded: bool) -> None:
+    """Optimizer states (unless the strategy loaded them from a sharded checkpoint) and LR scheduler states."""
     for kind, saved, targets in (
         ("optimizer", checkpoint.get("optimizer_states", []), trainer.optimizers),
         ("LR scheduler", checkpoint.get("lr_schedulers", []), [c.scheduler for c in trainer.lr_scheduler_configs]),
     ):
+        if kind == "optimizer" and sharded:
+            continue
         if len(saved) != len(targets):
             raise CheckpointError(
                 f"checkpoint {path} holds {len(saved)} {kind} states, but configure_optimizers() returned"

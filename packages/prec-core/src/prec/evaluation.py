@@ -74,6 +74,7 @@ def evaluate(
                 if to_device is not None:
                     batch = to_device(batch)
                 batch = precision.convert_input(batch)
+                metrics.current_batch = batch
                 if batch_start:
                     call(batch_start, batch, batch_idx)
                 with precision.forward_context():

@@ -67,7 +67,6 @@ def run_fit(
     while not _done(trainer):
         model.train()
         metrics.training = True
-        _set_sampler_epoch(train_loader, state.current_epoch)
         call(hooks["on_train_epoch_start"])
         loop.run(train_loader, validate)
         if loop.stopped_early:  # max_steps reached mid-epoch: no validation, no epoch hooks
@@ -92,16 +91,6 @@ def run_fit(
         call(hooks["on_train_epoch_completed"])
     call(hooks["on_train_end"])
     call(hooks["on_fit_end"])
-
-
-def _set_sampler_epoch(loader: Any, epoch: int) -> None:
-    """Shuffle differently each epoch under a ``DistributedSampler`` (any sampler with ``set_epoch``)."""
-    for holder in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        for candidate in (holder, getattr(holder, "sampler", None)):
-            set_epoch = getattr(candidate, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(epoch)
-                return
 
 
 def may_stop(trainer: Trainer) -> bool:

@@ -236,13 +236,25 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         on_step: bool | None = None,
         on_epoch: bool | None = None,
         logger: bool = True,
+        sync_dist: bool | None = None,
+        reduce_fx: str = "mean",
+        batch_size: int | None = None,
     ) -> None:
         """Record a metric: it appears in ``trainer.callback_metrics``, the metrics file and (``prog_bar``) the
         progress bar. In training steps ``on_step`` defaults to True and ``on_epoch`` to False; in evaluation
-        the other way round. Costs a dictionary write: nothing is synchronised with the device here."""
-        self.__dict__["_prec_trainer"].state.metrics.log(name, value, prog_bar, on_step, on_epoch, logger)
+        the other way round; with both, the names get ``_step``/``_epoch`` suffixes (as in Lightning).
+
+        The epoch value reduces the epoch's values with ``reduce_fx`` (``"mean"``, ``"sum"``, ``"max"``,
+        ``"min"``); the mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
+        processes epoch values are reduced across ranks at the epoch's end (``sync_dist=False``: kept per rank);
+        ``sync_dist=True`` also reduces each step value, a collective per call. Otherwise this costs a
+        dictionary write: nothing is synchronised with the device here."""
+        self.__dict__["_prec_trainer"].state.metrics.log(
+            name, value, prog_bar, on_step, on_epoch, logger, sync_dist, reduce_fx, batch_size
+        )
 
     def log_dict(self, metrics: Mapping[str, Tensor | float | int], **kwargs: Any) -> None:
+        """``self.log`` for each entry, with the same keyword arguments."""
         for name, value in metrics.items():
             self.log(name, value, **kwargs)
 

@@ -9,8 +9,10 @@ touching the Trainer. Every method has the single-device meaning by default.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -85,6 +87,16 @@ class Strategy:
         """Give this process its shard of the data (a distributed sampler under DDP)."""
         return dataloader
 
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called by the loop before each training epoch's first batch is fetched, with the epoch's index (also
+        right after a resume): a distributed sampler draws that epoch's order (``set_epoch``)."""
+
+    @contextlib.contextmanager
+    def no_gradient_sync(self, module: torch.nn.Module) -> Iterator[None]:
+        """Run the backward of an accumulating micro-batch (not the last before an optimizer step) inside this:
+        gradients stay local, and are synchronised once, by the last micro-batch's backward."""
+        yield
+
     def batch_to_device(self, batch: Any) -> Any:
         from prec.precision.base import apply_to_tensors
 
@@ -103,8 +115,13 @@ class Strategy:
         return obj
 
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        """Reduce a tensor over processes (``"mean"`` or ``"sum"``)."""
+        """Reduce a tensor over processes (``"mean"``, ``"sum"``, ``"max"`` or ``"min"``); every rank gets the
+        result."""
         return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        return [obj]
 
     def reduce_any(self, flag: bool) -> bool:
         """True on every process if ``flag`` is true on any (used to keep skipped steps consistent)."""
@@ -124,6 +141,53 @@ class Strategy:
     def load_module_state_dict(self, module: torch.nn.Module, state_dict: dict[str, Any]) -> None:
         """Load a full state dict (as :meth:`module_state_dict` returns it) into the set-up module."""
         module.load_state_dict(state_dict, strict=True)
+
+    def save_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        state: dict[str, Any],
+        module: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> None:
+        """Write a checkpoint atomically: ``state`` (everything but the weights and optimizer states: loops,
+        precision, RNG, callbacks) plus the module's and optimizers' states in this strategy's layout. Every
+        rank calls it. Here: one file, ``state`` with ``state_dict`` and ``optimizer_states`` added, written by
+        global rank zero."""
+        from prec.checkpoint import atomic_save
+
+        full = {
+            **state,
+            "state_dict": self.module_state_dict(module),
+            "optimizer_states": [self.optimizer_state_dict(optimizer) for optimizer in optimizers],
+        }
+        self.barrier("save_checkpoint")
+        if self.is_global_zero:
+            atomic_save(full, path)
+        self.barrier("save_checkpoint")
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        module: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> dict[str, Any]:
+        """Load the weights and optimizer states of a checkpoint :meth:`save_checkpoint` wrote into the set-up
+        ``module`` and ``optimizers`` (none: weights only), and return the rest of it (this rank's ``state``)."""
+        from prec.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(Path(path))
+        self.load_module_state_dict(module, checkpoint.pop("state_dict"))
+        saved = checkpoint.pop("optimizer_states", [])
+        if optimizers:
+            if len(saved) != len(optimizers):
+                from prec.errors import CheckpointError
+
+                raise CheckpointError(
+                    f"checkpoint {path} holds {len(saved)} optimizer states for {len(optimizers)} optimizers."
+                )
+            for optimizer, optimizer_state in zip(optimizers, saved, strict=True):
+                optimizer.load_state_dict(optimizer_state)
+        return checkpoint
 
     def teardown(self) -> None:
         self.accelerator.teardown()

@@ -196,6 +196,7 @@ class Trainer:
 
         #: The loop state of the current (or last) run: counters, model, optimizers, metrics.
         self.state = RunState()
+        self.state.metrics.strategy = self.strategy  # epoch values are reduced across its processes
         #: The DataModule of the current (or last) run, if any.
         self.datamodule: DataModule | None = None
         #: Batches the current run's loops take per epoch (``inf``: an unsized loader), for progress bars.
@@ -419,15 +420,12 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint of the current run to ``path`` atomically (global rank zero writes; every process
         must call it). Call it at an optimizer-step boundary: gradients being accumulated are not saved."""
-        from prec.checkpoint import atomic_save, build_checkpoint
+        from prec.checkpoint import build_checkpoint
 
         if self.model is None:
             raise ConfigurationError("save_checkpoint() needs a model: call it during or after fit().")
-        checkpoint = build_checkpoint(self, self.model)
-        self.strategy.barrier("save_checkpoint")
-        if self.strategy.is_global_zero:
-            atomic_save(checkpoint, path)
-        self.strategy.barrier("save_checkpoint")
+        state = build_checkpoint(self, self.model, weights=False)
+        self.strategy.save_checkpoint(path, state, self.model, self.optimizers)
 
     def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
         ckpt_path = resolve_checkpoint_path(self, stage, ckpt_path)

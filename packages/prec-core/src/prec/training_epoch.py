@@ -75,6 +75,7 @@ class TrainingEpoch:
         """The epoch's batch iterator and the index of its first batch (after a mid-epoch resume: the batches
         the checkpoint had seen are fetched again from the same RNG state and dropped)."""
         state = self.trainer.state
+        self.trainer.strategy.on_train_epoch_start(state.current_epoch)  # a distributed sampler's epoch order
         resume = state.take_resume_point()
         if resume is None:
             state.epoch_start_rng = capture_rng()
@@ -115,6 +116,7 @@ class TrainingEpoch:
             c.interval == "epoch" and c.monitor is None for c in trainer.lr_scheduler_configs
         )
         accumulate = trainer.accumulate_grad_batches
+        no_gradient_sync, wrapped = trainer.strategy.no_gradient_sync, state.wrapped_model
         total = state.train_batches if state.train_batches is not None else math.inf
         val_every = _val_interval(trainer.val_check_interval, total) if validate is not None else 0
         logger = self.logger
@@ -135,13 +137,18 @@ class TrainingEpoch:
                 batch = convert_input(batch)
             if batch_start and self.start_batch(batch, batch_idx) == -1:
                 break  # Lightning's rule: on_train_batch_start returning -1 ends the epoch
+            metrics.current_batch = batch  # what a logged epoch mean is weighted by, unless batch_size= is given
+            last = batch_idx + 1 >= total
+            boundary = accumulate == 1 or (batch_idx + 1) % accumulate == 0 or last
+            local = not boundary and not manual  # an accumulating micro-batch: gradients stay on this process
+            if local:
+                no_sync = no_gradient_sync(wrapped)
+                no_sync.__enter__()
             if forward_context is None:
                 output = step(batch, batch_idx)
             else:
                 with forward_context():
                     output = step(batch, batch_idx)
-            last = batch_idx + 1 >= total
-            boundary = accumulate == 1 or (batch_idx + 1) % accumulate == 0 or last
             stepped = manual  # manual optimization: each training_step is one step of the loop
             if manual:
                 precision.update_scaler()  # once per training_step, after the user's opt.step() calls
@@ -162,6 +169,8 @@ class TrainingEpoch:
                     if after_backward:
                         call(after_backward)
                     pending_grads = True
+                if local:
+                    no_sync.__exit__(None, None, None)
                 if boundary and pending_grads:
                     if plain_step is None:
                         self.optimizer_step(batch_idx, loss)

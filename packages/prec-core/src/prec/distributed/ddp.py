@@ -13,24 +13,28 @@ same scale even when a non-finite gradient appears on one rank only after DDP's 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
 
+from prec.distributed.cluster import adopt_cluster_environment
 from prec.distributed.data import distribute_dataloader
 from prec.distributed.environment import (
     LocalLauncher,
     ProcessEnvironment,
-    free_port,
     launched_by_launcher,
     launcher_run,
     read_environment,
 )
+from prec.distributed.rendezvous import join_store
+from prec.distributed.rendezvous import rendezvous_timeout as resolve_rendezvous_timeout
 from prec.errors import ConfigurationError
 from prec.strategy import Strategy
 
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     from prec.precision import Precision
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+_REDUCE_OPS = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+_NARROW = (torch.float16, torch.bfloat16)  # reduced in float32, returned in their own dtype
 
 
 class StepForward(torch.nn.Module):
@@ -66,6 +72,8 @@ class DDPStrategy(Strategy):
     Args:
         process_group_backend: ``"gloo"`` or ``"nccl"``; by default nccl for CUDA devices, gloo otherwise.
         timeout: how long a collective waits for the other ranks before failing (a hang becomes an error).
+        rendezvous_timeout: seconds (or a timedelta) every rank gets to join the job at its start; by default
+            ``PREC_RENDEZVOUS_TIMEOUT`` or 300 s (see :mod:`prec.distributed.rendezvous`).
         ddp_options: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph`` …).
     """
 
@@ -80,22 +88,25 @@ class DDPStrategy(Strategy):
         *,
         process_group_backend: str | None = None,
         timeout: timedelta = DEFAULT_TIMEOUT,
+        rendezvous_timeout: float | timedelta | None = None,
         **ddp_options: Any,
     ) -> None:
         super().__init__(accelerator, devices, precision, num_nodes)
         self.process_group_backend = process_group_backend
         self.timeout = timeout
+        self.rendezvous_seconds = resolve_rendezvous_timeout(rendezvous_timeout)
         self.ddp_options = ddp_options
         self._launcher: LocalLauncher | None = None
         self._original_scaler: torch.amp.GradScaler | None = None
-        self._trainer: Any = None
         self._stage: str | None = None
+        self._train_epoch: int | None = None  # set by on_train_epoch_start
         self._epochs_started = 0
         self._env = self._describe_job()
         self.root_device = accelerator.get_device(devices[self._env.local_rank])
 
     def _describe_job(self) -> ProcessEnvironment:
         expected = len(self.devices) * self.num_nodes
+        self.cluster = adopt_cluster_environment(expected)
         if launched_by_launcher():
             env = read_environment()
             if env.world_size != expected:
@@ -120,14 +131,17 @@ class DDPStrategy(Strategy):
 
     # -- processes ------------------------------------------------------------------------------------------
     @property
+    @override
     def world_size(self) -> int:
         return self._env.world_size
 
     @property
+    @override
     def global_rank(self) -> int:
         return self._env.global_rank
 
     @property
+    @override
     def local_rank(self) -> int:
         return self._env.local_rank
 
@@ -135,9 +149,9 @@ class DDPStrategy(Strategy):
     def node_rank(self) -> int:
         return self._env.node_rank
 
+    @override
     def launch(self, function: Callable[..., Any], *args: Any) -> Any:
         """Start the local processes if no launcher did (this process is rank 0), then run ``function`` here."""
-        self._trainer = getattr(function, "__self__", None)
         self._stage = args[0] if args and isinstance(args[0], str) else None
         if self.world_size > 1 and not launched_by_launcher() and not dist.is_initialized():
             self._launcher = LocalLauncher(self.world_size)
@@ -146,14 +160,18 @@ class DDPStrategy(Strategy):
         with launcher_run():  # in a job this process started: watched, and the others stopped if this run fails
             return function(*args)
 
+    @override
     def setup_environment(self) -> None:
         super().setup_environment()
         if not dist.is_initialized():
             backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
-            # One process that no launcher started (devices=1) still needs a group: a private local store.
-            init_method = "env://" if launched_by_launcher() else f"tcp://127.0.0.1:{free_port()}"
+            # One process that no launcher started (devices=1) still needs a group: a private store on a port
+            # the system picks.
+            env = self._env if launched_by_launcher() else ProcessEnvironment(0, 0, 1, 1, 0, "127.0.0.1", 0)
             rank, world_size = self.global_rank, self.world_size
-            dist.init_process_group(backend, init_method, rank=rank, world_size=world_size, timeout=self.timeout)
+            store = join_store(env.master_addr, env.master_port, rank, world_size, self.rendezvous_seconds)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=self.timeout)
+            store.set_timeout(self.timeout)  # from here on a wait on the store is a collective's wait
             atexit.register(_destroy_process_group)
         elif dist.get_world_size() != self.world_size or dist.get_rank() != self.global_rank:
             raise ConfigurationError(
@@ -170,12 +188,14 @@ class DDPStrategy(Strategy):
             return
         if not scaler.is_enabled():
             return
+        # Everything comes through GradScaler's public getters and state_dict; the device is this process's
+        # (the precision's scaler belongs to the same accelerator), so no private attribute is read.
         synced = ShardedGradScaler(
-            device=scaler._device,  # noqa: SLF001 - GradScaler has no public accessors for its settings
-            init_scale=scaler._init_scale,  # noqa: SLF001
-            growth_factor=scaler._growth_factor,  # noqa: SLF001
-            backoff_factor=scaler._backoff_factor,  # noqa: SLF001
-            growth_interval=scaler._growth_interval,  # noqa: SLF001
+            device=self.root_device.type,
+            init_scale=scaler.get_scale(),
+            growth_factor=scaler.get_growth_factor(),
+            backoff_factor=scaler.get_backoff_factor(),
+            growth_interval=scaler.get_growth_interval(),
         )
         synced.load_state_dict(scaler.state_dict())
         self._original_scaler = scaler
@@ -187,6 +207,7 @@ class DDPStrategy(Strategy):
             original.load_state_dict(self.precision.scaler.state_dict())  # type: ignore[attr-defined]
             self.precision.scaler = original  # type: ignore[attr-defined]
 
+    @override
     def teardown(self) -> None:
         """Keep the process group (a later Trainer in this script joins it); it closes at exit."""
         self._restore_scaler()
@@ -201,6 +222,7 @@ class DDPStrategy(Strategy):
                 " automatic optimization under this strategy."
             )
 
+    @override
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         self._check_optimization(module)
         module = module.to(self.root_device)
@@ -209,32 +231,50 @@ class DDPStrategy(Strategy):
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(StepForward(module), device_ids=device_ids, **self.ddp_options)
 
+    @override
     def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
         if name == "training_step" and isinstance(wrapped, DistributedDataParallel):
             return functools.partial(wrapped, name)
         return getattr(module, name)
 
+    @override
     def setup_dataloader(self, dataloader: Any) -> Any:
         if self.world_size == 1:
             return dataloader
-        return distribute_dataloader(dataloader, self.world_size, self.global_rank, self._current_epoch)
+        return distribute_dataloader(dataloader, self.world_size, self.global_rank, self._sampler_epoch)
 
-    def _current_epoch(self) -> int:
-        """The sampler's epoch: the Trainer's (right after a resume too), else a count of passes."""
-        trainer_epoch = getattr(self._trainer, "current_epoch", None)
-        if isinstance(trainer_epoch, int):
-            return trainer_epoch
+    @override
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self._train_epoch = epoch
+
+    def _sampler_epoch(self) -> int:
+        """The epoch the loop announced (:meth:`on_train_epoch_start`), else a count of passes."""
+        if self._train_epoch is not None:
+            return self._train_epoch
         self._epochs_started += 1
         return self._epochs_started - 1
+
+    @override
+    @contextlib.contextmanager
+    def no_gradient_sync(self, module: torch.nn.Module) -> Iterator[None]:
+        """DDP's ``no_sync``: enter it before the micro-batch's forward (DDP decides there) and leave it after
+        its backward."""
+        if isinstance(module, DistributedDataParallel):
+            with module.no_sync():
+                yield
+        else:
+            yield
 
     # -- collectives ----------------------------------------------------------------------------------------
     def _active(self) -> bool:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
+    @override
     def barrier(self, name: str | None = None) -> None:
         if self._active():
             dist.barrier()
 
+    @override
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         if not self._active():
             return obj
@@ -242,17 +282,27 @@ class DDPStrategy(Strategy):
         dist.broadcast_object_list(holder, src=src)
         return holder[0]
 
+    @override
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        if op not in ("mean", "sum"):
-            raise ConfigurationError(f"reduce op={op!r} is not supported; use 'mean' or 'sum'.")
+        if op not in _REDUCE_OPS:
+            raise ConfigurationError(f"reduce op={op!r} is not supported; use one of {', '.join(_REDUCE_OPS)}.")
         if not self._active():
             return tensor
-        result = tensor.detach().clone().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
-        dist.all_reduce(result, op=dist.ReduceOp.SUM)
+        result = tensor.detach().clone().to(torch.float32 if tensor.dtype in _NARROW else tensor.dtype)
+        dist.all_reduce(result, op=_REDUCE_OPS[op])
         if op == "mean":
             result = result / dist.get_world_size()
         return result.to(tensor.dtype)
 
+    @override
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self._active():
+            return [obj]
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    @override
     def reduce_any(self, flag: bool) -> bool:
         if not self._active():
             return flag
@@ -262,10 +312,12 @@ class DDPStrategy(Strategy):
         return bool(value.item())
 
     # -- checkpoints ----------------------------------------------------------------------------------------
+    @override
     def module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
         """The user's module state: the same keys as in a single process (no ``module.`` prefixes)."""
         return unwrap(module).state_dict()
 
+    @override
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(accelerator={self.accelerator.name!r}, devices={self.devices},"

@@ -13,15 +13,19 @@ file or module (not ``python -c`` or a notebook) and must reach the same ``fit``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from prec.errors import ConfigurationError
 
@@ -30,6 +34,8 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_P
 CHILD_EXIT_TIMEOUT_S = 300.0
 #: Seconds rank 0 gets to leave a run by itself after a started process failed, before the watchdog stops it.
 FAILURE_GRACE_S = 10.0
+#: Seconds rank 0, failing, waits for a started process that failed too to exit by itself (1 s if none did).
+SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ProcessEnvironment:
     world_size: int
     local_world_size: int
     node_rank: int
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
 
 
 def launched_by_launcher() -> bool:
@@ -63,9 +71,13 @@ def read_environment() -> ProcessEnvironment:
         local_rank = int(os.environ["LOCAL_RANK"])
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", global_rank // local_world_size)))
+        master_port = int(os.environ["MASTER_PORT"])
     except ValueError as error:
         raise ConfigurationError(f"a launcher variable is not an integer: {error}") from None
-    return ProcessEnvironment(global_rank, local_rank, world_size, local_world_size, node_rank)
+    master_addr = os.environ["MASTER_ADDR"]
+    return ProcessEnvironment(
+        global_rank, local_rank, world_size, local_world_size, node_rank, master_addr, master_port
+    )
 
 
 def free_port() -> int:
@@ -97,17 +109,26 @@ def _cannot_rerun(what: str) -> ConfigurationError:
     )
 
 
+#: Set in the processes prec starts: where a process writes its error, for rank 0 to report.
+ERROR_FILE_VARIABLE = "PREC_ERROR_FILE"
+
+
 class LocalLauncher:
     """Start ranks 1..N-1 of a one-node job as copies of this command; this process becomes rank 0.
 
     A watchdog thread stops the job when a started process fails while rank 0 is inside a run: rank 0 would
     otherwise wait for it in a collective (or in joining the group) until the timeout. After a failure rank 0
-    gets :data:`FAILURE_GRACE_S` to leave the run by itself (it usually fails too, and reports why).
+    gets :data:`FAILURE_GRACE_S` to leave the run by itself (it usually fails too, and reports why). A started
+    process that fails writes its error to a file (``PREC_ERROR_FILE``), so rank 0 names the real error;
+    processes rank 0 stops itself after its own failure are not reported as failures.
     """
 
     def __init__(self, world_size: int) -> None:
         self.world_size = world_size
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.error_dir = tempfile.mkdtemp(prefix="prec-errors-")
+        self._stopped: set[int] = set()  # ranks this process terminated
+        self._reported: set[int] = set()
         self._runs = 0
         self._lock = threading.Lock()
 
@@ -119,6 +140,8 @@ class LocalLauncher:
         try:
             yield
         except BaseException:
+            self._settle()
+            self.report_failures()  # a rank that failed first explains rank 0's own error
             self.kill()  # rank 0 failed: the others would wait for it until the timeout
             raise
         finally:
@@ -129,32 +152,71 @@ class LocalLauncher:
         with self._lock:
             return self._runs > 0
 
+    def error_of(self, rank: int) -> str | None:
+        """What rank ``rank`` wrote about its failure, if it wrote anything."""
+        try:
+            text = (Path(self.error_dir) / f"rank{rank}.txt").read_text().strip()
+        except OSError:
+            return None
+        return text or None
+
+    def _describe(self, rank: int, code: int | None) -> str:
+        error = self.error_of(rank)
+        if error is not None:
+            return f"rank {rank} failed: {error}"
+        return f"rank {rank} exited with status {code}"
+
+    def _settle(self, seconds: float = SETTLE_S) -> None:
+        """After rank 0 failed: give a rank that failed too (it wrote its error) time to exit by itself, so it
+        is reported with its own error instead of being stopped (rank 0's error may be only the echo of its)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            running = [rank for rank, p in enumerate(self.processes, start=1) if p.poll() is None]
+            if not running or (time.monotonic() > deadline - seconds + 1 and not any(map(self.error_of, running))):
+                return
+            time.sleep(0.1)
+
+    def report_failures(self) -> None:
+        """Print, once each, the ranks that failed by themselves (not stopped by this process)."""
+        for rank, process in enumerate(self.processes, start=1):
+            code = process.poll()
+            failed = code not in (None, 0) or (code is None and self.error_of(rank) is not None)
+            if failed and rank not in self._stopped and rank not in self._reported:
+                self._reported.add(rank)
+                print(f"prec: {self._describe(rank, code)}", file=sys.stderr, flush=True)
+
     def _watch(self) -> None:
         while True:
             codes = [process.poll() for process in self.processes]
-            failed = [(rank, code) for rank, code in enumerate(codes, start=1) if code not in (None, 0)]
+            failed = [
+                (rank, code)
+                for rank, code in enumerate(codes, start=1)
+                if code not in (None, 0) and rank not in self._stopped
+            ]
             if failed and self._in_run():
                 deadline = time.monotonic() + FAILURE_GRACE_S
                 while self._in_run() and time.monotonic() < deadline:
                     time.sleep(0.2)
                 if self._in_run():
                     rank, code = failed[0]
+                    self._reported.add(rank)
                     print(
-                        f"prec: rank {rank} exited with status {code} while rank 0 waits for it; stopping the job.",
+                        f"prec: {self._describe(rank, code)} while rank 0 waits for it; stopping the job.",
                         file=sys.stderr,
                         flush=True,
                     )
                     self.kill()
                     os._exit(1)
             if not failed and all(code is not None for code in codes):
-                return  # every started process finished cleanly
+                return  # every started process finished
             time.sleep(0.5)
 
     def start(self) -> None:
         command = _script_command()
-        port = str(free_port())
+        # A port the user chose (a firewall rule) is kept, as in Lightning; otherwise a free one.
+        port = os.environ.get("MASTER_PORT") or str(free_port())
         shared = {
-            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
             "MASTER_PORT": port,
             "WORLD_SIZE": str(self.world_size),
             "LOCAL_WORLD_SIZE": str(self.world_size),
@@ -162,7 +224,8 @@ class LocalLauncher:
             "GROUP_RANK": "0",
         }
         for rank in range(1, self.world_size):
-            env = {**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            error_file = str(Path(self.error_dir) / f"rank{rank}.txt")
+            env = {**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank), ERROR_FILE_VARIABLE: error_file}
             self.processes.append(subprocess.Popen(command, env=env))  # noqa: S603 - this program, re-run
         # Rank 0 joins through the same variables; later Trainers in this process see a launched job and join.
         os.environ.update({**shared, "RANK": "0", "LOCAL_RANK": "0"})
@@ -173,8 +236,9 @@ class LocalLauncher:
 
     def kill(self) -> None:
         """Stop the started processes (rank 0 failed: they would wait for it until the timeout)."""
-        for process in self.processes:
+        for rank, process in enumerate(self.processes, start=1):
             if process.poll() is None:
+                self._stopped.add(rank)
                 process.terminate()
         for process in self.processes:
             try:
@@ -190,17 +254,57 @@ class LocalLauncher:
             try:
                 codes.append(process.wait(timeout=timeout))
             except subprocess.TimeoutExpired:
+                self._stopped.add(rank)
                 process.kill()
                 codes.append(process.wait())
                 print(f"prec: rank {rank} did not exit {timeout:.0f} s after rank 0 and was stopped.", file=sys.stderr)
-            if codes[-1] != 0:
-                print(f"prec: rank {rank} exited with status {codes[-1]}.", file=sys.stderr)
+        self.report_failures()
+        shutil.rmtree(self.error_dir, ignore_errors=True)
         return codes
 
 
 _active: LocalLauncher | None = None
 
 
+@contextmanager
+def _record_failure(path: str) -> Iterator[None]:
+    """In a process prec started: write the error that ends a run where rank 0 reads it."""
+    try:
+        yield
+    except BaseException as error:
+        if not isinstance(error, (KeyboardInterrupt, SystemExit)):
+            with contextlib.suppress(OSError):
+                Path(path).write_text(summarise(error))
+        raise
+
+
+@contextmanager
+def _record_for_torchrun() -> Iterator[None]:
+    """Under torchrun: write torch elastic's error file, so its summary shows this error, not just an exit code."""
+    try:
+        yield
+    except Exception as error:
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        with contextlib.suppress(Exception):
+            get_error_handler().record_exception(error)
+        raise
+
+
+def summarise(error: BaseException) -> str:
+    """``Type: first line of the message`` (the full traceback is printed by the failing process itself)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def launcher_run() -> AbstractContextManager[None]:
-    """Context for a run in rank 0 of a job this process started (watched), else nothing."""
-    return _active.run() if _active is not None else nullcontext()
+    """Context for a run: watched in rank 0 of a job this process started; in a process prec or torchrun
+    started, its error is recorded for the launcher to report."""
+    if _active is not None:
+        return _active.run()
+    error_file = os.environ.get(ERROR_FILE_VARIABLE)
+    if error_file:
+        return _record_failure(error_file)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return _record_for_torchrun()
+    return nullcontext()

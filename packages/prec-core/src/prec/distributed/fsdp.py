@@ -18,14 +18,17 @@ every rank).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+from typing_extensions import override
 
 from prec.distributed.ddp import DDPStrategy, StepForward, unwrap
 from prec.errors import ConfigurationError
@@ -65,21 +68,12 @@ class FSDPStrategy(DDPStrategy):
         self.reshard_after_forward = reshard_after_forward
         self._root: torch.nn.Module | None = None
 
-    def launch(self, function: Callable[..., Any], *args: Any) -> Any:
-        # The Trainer launches ``_run_stage(stage, model, ckpt_path, *loaders)``.
-        if len(args) > 2 and args[2] is not None:
-            raise ConfigurationError(
-                "strategy='fsdp' cannot load ckpt_path yet: a checkpoint's full tensors must be scattered into the"
-                " parameter shards. Resume under strategy='ddp' or in one process (the checkpoint format is the"
-                " same), or load weights with trainer.strategy.load_module_state_dict."
-            )
-        return super().launch(function, *args)
-
     @property
     def mp_policy(self) -> MixedPrecisionPolicy:
         """The policy for this run's precision; pass it to ``fully_shard`` in ``configure_model``."""
         return mixed_precision_policy(self.precision)
 
+    @override
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
         self._check_optimization(module)
         root = module.__dict__.get(_ROOT_ATTRIBUTE)
@@ -106,18 +100,83 @@ class FSDPStrategy(DDPStrategy):
         self._root = root
         return root
 
+    @override
     def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
         """Every step runs inside the root's forward, where FSDP gathers the root unit's parameters."""
         if isinstance(wrapped, StepForward):
             return functools.partial(wrapped, name)
         return getattr(module, name)
 
+    @override
+    @contextlib.contextmanager
+    def no_gradient_sync(self, module: torch.nn.Module) -> Iterator[None]:
+        """FSDP2's ``set_requires_gradient_sync(False)`` on the root (and every unit below it): gradients
+        accumulate unsharded-and-unreduced until the last micro-batch's backward reduce-scatters them."""
+        if not isinstance(module, FSDPModule):
+            yield
+            return
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+
+    @override
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Let ``optimizer.load_state_dict`` take a full (single-process) state: each rank keeps its shards."""
+        optimizer.register_load_state_dict_pre_hook(_shard_full_optimizer_state)
+        return optimizer
+
     # -- checkpoints ----------------------------------------------------------------------------------------
+    @override
+    def save_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        state: dict[str, Any],
+        module: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> None:
+        """A sharded directory (:mod:`prec.distributed.sharded_checkpoint`): each rank writes its own shards
+        and its own ``state``; nothing is gathered."""
+        from prec.distributed.sharded_checkpoint import save_sharded
+
+        save_sharded(path, unwrap(module), optimizers, state)
+
+    @override
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        module: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> dict[str, Any]:
+        """A sharded directory, or a single-process file (read on rank 0 and broadcast into the shards; every
+        rank gets its state)."""
+        from prec.checkpoint import read_checkpoint
+        from prec.distributed.sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded
+
+        if is_sharded_checkpoint(path):
+            return load_sharded(path, unwrap(module), optimizers)
+        checkpoint = read_checkpoint(path) if self.is_global_zero else None
+        load_full_into_sharded(checkpoint, unwrap(module), optimizers)
+        rest = {k: v for k, v in (checkpoint or {}).items() if k not in ("state_dict", "optimizer_states")}
+        return self.broadcast(rest)
+
+    @override
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The single-process layout, full tensors on the CPU (a collective: call on every rank)."""
+        state = optimizer.state_dict()
+        return {
+            "state": {index: {k: _full(v) for k, v in values.items()} for index, values in state["state"].items()},
+            "param_groups": state["param_groups"],
+        }
+
+    @override
     def module_state_dict(self, module: torch.nn.Module) -> dict[str, Any]:
         """Full (unsharded) tensors on the CPU, same keys as one process. A collective: call on every rank."""
         state = unwrap(module).state_dict()
         return {key: _full(value) for key, value in state.items()}
 
+    @override
     def load_module_state_dict(self, module: torch.nn.Module, state_dict: dict[str, Any]) -> None:
         """Load a full state dict (as :meth:`module_state_dict` returns) into the sharded module."""
         target = unwrap(module)
@@ -134,6 +193,25 @@ class FSDPStrategy(DDPStrategy):
                     value.to_local().copy_(shard.to_local())
                 elif isinstance(value, torch.Tensor):
                     value.copy_(full)
+
+
+def _shard_full_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A load_state_dict pre-hook: full-size state tensors of sharded (DTensor) parameters become their shards.
+    Every rank loads the same full state, so ``distribute_tensor`` keeps the ranks consistent."""
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    converted: dict[Any, Any] = {}
+    for index, values in state_dict["state"].items():
+        parameter = parameters[int(index)]
+        if not isinstance(parameter, DTensor):
+            converted[index] = values
+            continue
+        converted[index] = {
+            key: distribute_tensor(value.to(parameter.device), parameter.device_mesh, parameter.placements)
+            if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) and value.shape == parameter.shape
+            else value
+            for key, value in values.items()
+        }
+    return {**state_dict, "state": converted}
 
 
 def _full(value: Any) -> Any:
