@@ -18,6 +18,7 @@ from prec.loggers import log_results, record_precision_metrics
 from prec.module import TrainingModule
 from prec.optim import parse_optimizers, step_schedulers
 from prec.run_setup import announce, setup_model, teardown_run
+from prec.summary import summarize
 from prec.training_epoch import FIT_HOOKS, TrainingEpoch
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def run_fit(
 
     hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
     announce(trainer)
+    if trainer.enable_model_summary and trainer.is_global_zero:
+        print(summarize(model, trainer.precision_plugin, state.optimizers[0] if state.optimizers else None))
     call(hooks["on_fit_start"])
     validate = None
     if val_loader is not None:

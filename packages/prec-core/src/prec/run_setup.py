@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from torch.overrides import TorchFunctionMode
 
 from prec.checkpoint import load_checkpoint
 from prec.hooks import refuse_uncalled_overrides
 from prec.loggers import finalize_logs, flush_logs
 from prec.loggers._protocol import call_optional
+from prec.seed import Deterministic
 
 if TYPE_CHECKING:
     from prec.datamodule import StageData
@@ -88,3 +91,73 @@ def describe_precision(trainer: Trainer) -> str:
     """What the registry says about the precision in use: its name and the plugin, distribution and version
     that built it (or that it was passed in as an instance)."""
     return f"{trainer.registry.describe(trainer.precision_plugin)} on {trainer.accelerator.name}"
+
+
+def apply_run_defaults(trainer: Trainer) -> None:
+    """What a Trainer adds on its own, as Lightning does: ``fast_dev_run``'s limits, a :class:`prec.ModelCheckpoint`
+    (``enable_checkpointing``) and the tqdm progress bar (``enable_progress_bar``) unless callbacks hold them."""
+    from prec.errors import ConfigurationError
+    from prec.model_checkpoint import ModelCheckpoint
+    from prec.progress import ProgressBarCallback, TQDMProgressBar
+
+    if trainer.fast_dev_run:  # n batches of every stage, once, touching nothing on disk
+        runs = trainer.fast_dev_run
+        trainer.limit_train_batches = trainer.limit_val_batches = runs
+        trainer.limit_test_batches = trainer.limit_predict_batches = runs
+        trainer.max_epochs, trainer.max_steps, trainer.min_epochs, trainer.min_steps = 1, runs, None, None
+        trainer.num_sanity_val_steps, trainer.val_check_interval, trainer.check_val_every_n_epoch = 0, None, 1
+        trainer.log_sink = trainer.logger = None
+        trainer.enable_checkpointing = False
+    if trainer.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks):
+        trainer.callbacks.append(ModelCheckpoint())
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBarCallback)]
+    if bars and not trainer.enable_progress_bar:
+        raise ConfigurationError(
+            f"enable_progress_bar=False, but callbacks holds {type(bars[0]).__name__}; drop one of them."
+        )
+    if trainer.enable_progress_bar and not bars:
+        trainer.callbacks.append(TQDMProgressBar())
+
+
+def run_stage(trainer: Trainer, stage: str, model: TrainingModule, ckpt_path: Any, data: StageData) -> Any:
+    """One stage in this process (the strategy decides how many run it): the data's hooks, set-up, the loop,
+    tear-down, under the run's ``deterministic`` setting."""
+    from prec import evaluation, loops
+
+    trainer.state.start(stage, model, ckpt_path)
+    trainer.datamodule = data.datamodule
+    if data.datamodule is not None:
+        data.datamodule.trainer = trainer
+    object.__setattr__(model, "_prec_trainer", trainer)  # plain attribute: no nn.Module bookkeeping
+    failed = True
+    try:
+        with Deterministic(trainer.deterministic):
+            trainer.strategy.setup_environment()
+            strategy = trainer.strategy
+            data.prepare(local_rank=strategy.local_rank, global_rank=strategy.global_rank, barrier=strategy.barrier)
+            setup_model(trainer, model, stage)
+            loaders = data.loaders(worker_rank=strategy.global_rank)
+            if stage == "fit":
+                result = loops.run_fit(trainer, model, *loaders)
+            elif stage == "predict":
+                result = evaluation.run_predict(trainer, model, *loaders)
+            else:
+                result = evaluation.run_evaluation(trainer, model, *loaders, stage)
+            failed = False
+            return result
+    except BaseException as exception:
+        for callback in trainer.callbacks:
+            callback.on_exception(trainer, model, exception)
+        raise
+    finally:
+        teardown_run(trainer, model, stage, data, failed)
+
+
+class SkipInit(TorchFunctionMode):
+    """Skip ``torch.nn.init`` functions: parameters keep their uninitialised memory (for ``empty_init``)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return kwargs.get("tensor", args[0] if args else None)
+        return func(*args, **kwargs)

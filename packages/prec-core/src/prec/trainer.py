@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
@@ -18,13 +17,11 @@ from prec.config import TrainerConfig, check_clipping, reject_unknown_arguments
 from prec.datamodule import DataModule, StageData
 from prec.errors import ConfigurationError
 from prec.loggers import LoggerGroup
-from prec.model_checkpoint import ModelCheckpoint
 from prec.module import TrainingModule, unwrap_compiled
 from prec.plugins import get_registry
 from prec.precision import NonFinitePolicy, Precision
-from prec.progress import ProgressBarCallback, TQDMProgressBar
+from prec.run_setup import SkipInit, apply_run_defaults, run_stage
 from prec.run_state import RunState
-from prec.seed import Deterministic
 from prec.strategy import Strategy
 
 
@@ -204,23 +201,7 @@ class Trainer:
         self.num_val_batches: float | None = None
         self.num_test_batches: float | None = None
         self.num_predict_batches: float | None = None
-        if self.fast_dev_run:  # n batches of every stage, once, touching nothing on disk
-            runs = self.fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = runs
-            self.limit_test_batches = self.limit_predict_batches = runs
-            self.max_epochs, self.max_steps, self.min_epochs, self.min_steps = 1, runs, None, None
-            self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, None, 1
-            self.log_sink = self.logger = None
-            self.enable_checkpointing = False
-        if self.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in self.callbacks):
-            self.callbacks.append(ModelCheckpoint())
-        bars = [c for c in self.callbacks if isinstance(c, ProgressBarCallback)]
-        if bars and not self.enable_progress_bar:
-            raise ConfigurationError(
-                f"enable_progress_bar=False, but callbacks holds {type(bars[0]).__name__}; drop one of them."
-            )
-        if self.enable_progress_bar and not bars:
-            self.callbacks.append(TQDMProgressBar())
+        apply_run_defaults(self)
 
     # -- selection ------------------------------------------------------------------------------------------
     def _select_precision(self, precision: Any, plugins: tuple[Precision, ...], options: Any) -> Precision:
@@ -337,7 +318,7 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.strategy.module_init_device())
             if empty_init:
-                stack.enter_context(_SkipInit())
+                stack.enter_context(SkipInit())
             stack.enter_context(self.precision_plugin.module_init_context())
             yield
 
@@ -433,35 +414,7 @@ class Trainer:
         return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
     def _run_stage(self, stage: str, model: TrainingModule, ckpt_path: Any, data: StageData) -> Any:
-        from prec import evaluation, loops
-
-        self.state.start(stage, model, ckpt_path)
-        self.datamodule = data.datamodule
-        if data.datamodule is not None:
-            data.datamodule.trainer = self
-        object.__setattr__(model, "_prec_trainer", self)  # plain attribute: no nn.Module bookkeeping
-        failed = True
-        try:
-            with Deterministic(self.deterministic):
-                self.strategy.setup_environment()
-                strategy = self.strategy
-                data.prepare(local_rank=strategy.local_rank, global_rank=strategy.global_rank, barrier=strategy.barrier)
-                loops.setup_model(self, model, stage)
-                loaders = data.loaders(worker_rank=strategy.global_rank)
-                if stage == "fit":
-                    result = loops.run_fit(self, model, *loaders)
-                elif stage == "predict":
-                    result = evaluation.run_predict(self, model, *loaders)
-                else:
-                    result = evaluation.run_evaluation(self, model, *loaders, stage)
-                failed = False
-                return result
-        except BaseException as exception:
-            for callback in self.callbacks:
-                callback.on_exception(self, model, exception)
-            raise
-        finally:
-            loops.teardown_run(self, model, stage, data, failed)
+        return run_stage(self, stage, model, ckpt_path, data)
 
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def manual_optimizers(self) -> list[Any]:
@@ -489,13 +442,3 @@ class Trainer:
             gradient_clip_algorithm or self.gradient_clip_algorithm,
         )
         return self.precision_plugin.clip_gradients(optimizer, value, algorithm or "norm")
-
-
-class _SkipInit(TorchFunctionMode):
-    """Skip ``torch.nn.init`` functions: parameters keep their uninitialised memory (for ``empty_init``)."""
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return kwargs.get("tensor", args[0] if args else None)
-        return func(*args, **kwargs)

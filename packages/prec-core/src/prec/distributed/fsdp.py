@@ -33,6 +33,7 @@ from typing_extensions import override
 from prec.distributed.ddp import DDPStrategy, StepForward, unwrap
 from prec.errors import ConfigurationError
 from prec.precision import MixedPrecision
+from prec.precision.policy import fsdp_policy_groups
 
 _ROOT_ATTRIBUTE = "_prec_fsdp_root"
 ShardPolicy = Iterable[type[torch.nn.Module]] | Callable[[torch.nn.Module], bool] | None
@@ -90,6 +91,10 @@ class FSDPStrategy(DDPStrategy):
         module = module.to(self.root_device)
         _broadcast_unsharded(module)  # every rank shards the same weights, as DDP's constructor ensures
         options = {"mp_policy": self.mp_policy, "reshard_after_forward": self.reshard_after_forward}
+        # Modules the precision keeps in float32 (keep_float32) get their own float32 policy, before the root's.
+        for kept, extra in fsdp_policy_groups(module, self.precision):
+            if not isinstance(kept, FSDPModule):
+                fully_shard(kept, **{**options, **extra})
         if self._should_shard is not None:
             for submodule in list(module.modules()):
                 if submodule is not module and not isinstance(submodule, FSDPModule) and self._should_shard(submodule):
