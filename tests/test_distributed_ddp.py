@@ -109,7 +109,7 @@ WORKER = textwrap.dedent(
         model = Regression(inject)
         trainer = prec.Trainer(
             accelerator="cpu", strategy=strategy, devices=2, enable_progress_bar=False,
-            default_root_dir=out, **options,
+            default_root_dir=out, enable_checkpointing=False, log_every_n_steps=1, **options,
         )
         loader = DataLoader(data(), batch_size=BATCH)
         trainer.fit(model, loader, ckpt_path=ckpt)

@@ -67,12 +67,17 @@ def test_fsdp_fit_matches_single_process(
 
 
 @pytest.mark.timeout(ddp.PROCESS_TIMEOUT_S + 60)
-def test_fsdp_checkpoint_holds_full_weights_for_one_process(fsdp_run: Path) -> None:
-    """Saved under FSDP (gathered from the shards, written by rank 0) -> resumed by a single process."""
+def test_fsdp_checkpoint_holds_full_weights_for_one_process(fsdp_run: Path, tmp_path: Path) -> None:
+    """Saved under FSDP (sharded with torch.distributed.checkpoint: no rank gathers the model), exported to one
+    file offline, resumed by a single process."""
+    from prec.distributed.sharded_checkpoint import export_full_checkpoint, is_sharded_checkpoint
+
     (_, state0), _ = ddp.results(fsdp_run, "fsdp32")
-    checkpoint = torch.load(fsdp_run / "fsdp.ckpt", weights_only=True)
+    assert is_sharded_checkpoint(fsdp_run / "fsdp.ckpt")
+    export_full_checkpoint(fsdp_run / "fsdp.ckpt", tmp_path / "full.ckpt")
+    checkpoint = torch.load(tmp_path / "full.ckpt", weights_only=True)
     ddp.assert_same_state(checkpoint["state_dict"], state0, rtol=0, atol=0)
-    trainer, resumed = ddp.single_process(max_epochs=2, ckpt_path=fsdp_run / "fsdp.ckpt")
+    trainer, resumed = ddp.single_process(max_epochs=2, ckpt_path=tmp_path / "full.ckpt")
     assert trainer.global_step == 8
     ddp.assert_same_state(resumed.state_dict(), state0, rtol=0, atol=0)
 

@@ -59,7 +59,7 @@ WORKER = textwrap.dedent(
         model = Model()
         trainer.fit(model, data)
         names = sorted(trainer.callback_metrics)
-        results = trainer.validate(model, data)
+        (results,) = trainer.validate(model, data)
         (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"fit_names": names, "validate": results}))
     """
 )

@@ -133,7 +133,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str], checksum: bool = True) -
             torch.save(obj, writer)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        _replace(temporary, Path(path))
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -183,3 +183,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a prec checkpoint: expected a dict with 'state_dict', got {keys}.")
     check_layout(path, checkpoint)
     return checkpoint
+
+
+def _replace(temporary: str | os.PathLike[str], path: Path) -> None:
+    """Rename the finished file over ``path``; a sharded checkpoint directory of the same name (written by an FSDP
+    run into the same folder) is moved aside first and removed only once the new file is in place."""
+    if not path.is_dir():
+        os.replace(temporary, path)
+        return
+    import shutil
+
+    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+    os.replace(path, aside)
+    os.replace(temporary, path)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,7 @@ def run_fit(
     hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
     announce(trainer)
     if trainer.enable_model_summary and trainer.is_global_zero:
-        print(summarize(model, trainer.precision_plugin, state.optimizers[0] if state.optimizers else None))
+        _show_summary(trainer, model)
     call(hooks["on_fit_start"])
     validate = None
     if val_loader is not None:
@@ -94,6 +95,17 @@ def run_fit(
         call(hooks["on_train_epoch_completed"])
     call(hooks["on_train_end"])
     call(hooks["on_fit_end"])
+
+
+def _show_summary(trainer: Trainer, model: TrainingModule) -> None:
+    """The precision-aware memory summary at fit start: on stderr next to the progress bar in an interactive run,
+    on the ``prec`` logger (INFO) otherwise, so a script's own stdout stays its own."""
+    optimizers = trainer.state.optimizers
+    text = str(summarize(model, trainer.precision_plugin, optimizers[0] if optimizers else None))
+    if trainer.enable_progress_bar:
+        print(text, file=sys.stderr)
+    else:
+        logging.getLogger("prec").info("%s", text)
 
 
 def may_stop(trainer: Trainer) -> bool:

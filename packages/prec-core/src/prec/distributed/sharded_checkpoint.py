@@ -166,7 +166,7 @@ def split_optimizer_state(state: dict[str, Any] | None, groups_per_optimizer: li
                 index_of[name] = len(index_of)
                 ids.append(index_of[name])
             converted.append({**group, "params": ids})
-        per_param = {index_of[name]: value for name, value in state["state"].items() if name in index_of}
+        per_param = {index_of[name]: value for name, value in state.get("state", {}).items() if name in index_of}
         result.append({"state": per_param, "param_groups": converted})
     return result
 

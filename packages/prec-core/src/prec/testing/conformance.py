@@ -241,6 +241,9 @@ def check_trainer_fit(case: _Case) -> None:
         precision_options=case.options,
         max_epochs=5,
         enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
     )
     model = Regression()
     before = torch.stack([torch.nn.functional.mse_loss(model.layer(x), y) for x, y in data]).mean().item()
