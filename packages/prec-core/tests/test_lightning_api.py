@@ -217,3 +217,41 @@ def test_log_every_n_steps_writes_every_nth_step(tmp_path: Any) -> None:
     with logger.metrics_file.open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("loss")]
     assert steps == [2, 5]
+
+
+def test_the_module_knows_its_epoch_step_loggers_and_dtype(tmp_path: Any) -> None:
+    seen: list[tuple[int, int, int, torch.dtype]] = []
+
+    class Looking(Net):
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            seen.append((self.current_epoch, self.global_step, len(self.loggers), self.dtype))
+
+    model = Looking()
+    assert (model.current_epoch, model.global_step, model.loggers, model.dtype) == (0, 0, [], torch.float32)
+    run = prec.Trainer(
+        accelerator="cpu", precision="bf16-true", max_epochs=2, limit_train_batches=1, enable_progress_bar=False,
+        logger=prec.CSVLogger(tmp_path),
+    )  # fmt: skip
+    run.fit(model, DataLoader(dataset(), batch_size=8))
+    assert seen == [(0, 1, 1, torch.bfloat16), (1, 2, 1, torch.bfloat16)]
+    assert model.logger is run.logger
+
+
+def test_checkpoints_ranked_by_step_and_the_kth_best() -> None:
+    keeper = prec.ModelCheckpoint(monitor="step", mode="max", save_top_k=2)
+    run = trainer(max_epochs=3, callbacks=[keeper])
+    run.fit(Net(), DataLoader(dataset(), batch_size=8))
+    assert keeper.best_model_path.endswith("epoch=2-step=12.ckpt")
+    assert keeper.kth_best_model_path.endswith("epoch=1-step=8.ckpt")
+
+
+def test_trainer_deterministic_sets_torch_for_the_run_and_restores_it() -> None:
+    seen: list[bool] = []
+
+    class Looking(Net):
+        def on_train_start(self) -> None:
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    before = torch.are_deterministic_algorithms_enabled()
+    trainer(max_epochs=1, deterministic=True).fit(Looking(), DataLoader(dataset(), batch_size=8))
+    assert seen == [True] and torch.are_deterministic_algorithms_enabled() == before
