@@ -113,7 +113,7 @@ class NonFiniteGuard:
         device = grads[0].device
         found, one = self._device_flags(device)
         if not _takes_found_inf(optimizer):
-            torch._amp_foreach_non_finite_check_and_unscale_(_same_device(grads, device), found, one)
+            check_for(device)(_same_device(grads, device), found, one)
             if device.type != "cpu":
                 self._warn_sync(device, optimizer)
             if not found.item():
@@ -123,7 +123,7 @@ class NonFiniteGuard:
             found.zero_()
             return True
         found = torch.zeros((), device=device)  # handed to the optimizer, which keeps a reference until it steps
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+        check_for(device)(grads, found, one)
         return found
 
     def bind_step(self, optimizer: Optimizer, precision: Any) -> Callable[[], Any]:
@@ -143,7 +143,7 @@ class NonFiniteGuard:
         if device.type != "cpu":
             self._warn_sync(device, optimizer)
         found, one = self._device_flags(device)
-        check = torch._amp_foreach_non_finite_check_and_unscale_
+        check = check_for(device)
         skipped_last = self.consecutive > 0
 
         def guarded_step() -> Any:
@@ -276,6 +276,19 @@ class NonFiniteGuard:
         self._pending = self._run = None
         self.skipped = int(state.get("skipped_steps", 0))
         self.consecutive = int(state.get("consecutive_skips", 0))
+
+
+def check_for(device: torch.device) -> Callable[[list[Tensor], Tensor, Tensor], None]:
+    """The non-finite check for ``device``: torch's fused AMP kernel on cpu and cuda (it multiplies by the scale,
+    here 1, in place); elsewhere (xla, which refuses a float32 scale on 16-bit gradients) plain tensor ops."""
+    if device.type in ("cpu", "cuda"):
+        return torch._amp_foreach_non_finite_check_and_unscale_
+    return _generic_check
+
+
+def _generic_check(grads: list[Tensor], found: Tensor, one: Tensor) -> None:
+    finite = torch.stack([torch.isfinite(grad).all() for grad in grads]).all()
+    found.copy_(torch.logical_not(finite).to(found.dtype))
 
 
 def _no_scale() -> None:
