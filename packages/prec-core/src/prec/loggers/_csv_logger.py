@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from prec.checkpoint_io import make_temporary, remove_stale_temporaries
-from prec.errors import ConfigurationError
-from prec.loggers._buffer import RowBuffer
-from prec.loggers._protocol import check_writable, version_dir
+from prec.loggers._folder import FolderLogger
 
 _FIXED_COLUMNS = ("step", "epoch")
 
 
-class CSVLogger(RowBuffer):
+class CSVLogger(FolderLogger):
     """Write logged metrics to ``{save_dir}/{name}/version_{n}/metrics.csv``.
 
     Rows are buffered (a list append per step, no device sync) and written every ``flush_every_n_steps`` steps,
@@ -33,6 +31,8 @@ class CSVLogger(RowBuffer):
         flush_every_n_steps: how many steps' rows are kept in memory before they are written.
     """
 
+    marker = "metrics.csv"
+
     def __init__(
         self,
         save_dir: str | os.PathLike[str] | None = None,
@@ -40,32 +40,11 @@ class CSVLogger(RowBuffer):
         version: int | str | None = None,
         flush_every_n_steps: int = 100,
     ) -> None:
-        super().__init__(flush_every_n_steps)
-        self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.name = name
-        self._version = version
-        self.enabled = True
+        super().__init__(save_dir, name, version, flush_every_n_steps)
         self._columns: list[str] = []
         self._unwritten: list[tuple[int, int, dict[str, float]]] = []
-        self._resolved_dir: Path | None = None
 
     # -- paths ----------------------------------------------------------------------------------------------
-    def setup(self, root_dir: Path, is_global_zero: bool) -> None:
-        """At the start of a run: fixes the folder and whether this process writes, and checks it can."""
-        if self.save_dir is None:
-            self.save_dir = Path(root_dir)
-        self.enabled = is_global_zero
-        if is_global_zero:
-            check_writable(self.log_dir, "CSVLogger")
-
-    @property
-    def log_dir(self) -> Path:
-        if self._resolved_dir is None:
-            if self.save_dir is None:
-                raise ConfigurationError("CSVLogger has no save_dir yet: pass one or attach it to a Trainer.")
-            self._resolved_dir = version_dir(self.save_dir, self.name, self._version, "metrics.csv")
-        return self._resolved_dir
-
     @property
     def metrics_file(self) -> Path:
         return self.log_dir / "metrics.csv"

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from prec.errors import ConfigurationError
-from prec.loggers._buffer import RowBuffer
-from prec.loggers._protocol import check_writable, version_dir
+from prec.loggers._folder import FolderLogger
 
 
-class TensorBoardLogger(RowBuffer):
+class TensorBoardLogger(FolderLogger):
     """Write logged metrics as TensorBoard scalars to ``{save_dir}/{name}/version_{n}/``.
 
     Every ``self.log`` value with ``logger=True`` becomes a scalar at its step, as do the precision's own
@@ -28,6 +29,8 @@ class TensorBoardLogger(RowBuffer):
         hparams: hyper-parameters to write at the run's start (see :meth:`log_hyperparams`).
     """
 
+    marker = "events.out.tfevents.*"
+
     def __init__(
         self,
         save_dir: str | os.PathLike[str] | None = None,
@@ -36,37 +39,21 @@ class TensorBoardLogger(RowBuffer):
         flush_every_n_steps: int = 100,
         hparams: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(flush_every_n_steps)
+        super().__init__(save_dir, name, version, flush_every_n_steps)
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - fail here, not at the run's start
         except ImportError as error:
             raise ConfigurationError(
                 f"TensorBoardLogger needs the tensorboard package: pip install 'prec-core[tensorboard]' ({error})."
             ) from error
-        self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.name = name
-        self._version = version
-        self.enabled = True
         self.hparams = dict(hparams) if hparams is not None else None
         self._writer: Any = None
-        self._resolved_dir: Path | None = None
 
+    @override
     def setup(self, root_dir: Path, is_global_zero: bool) -> None:
-        if self.save_dir is None:
-            self.save_dir = Path(root_dir)
-        self.enabled = is_global_zero
-        if is_global_zero:
-            check_writable(self.log_dir, "TensorBoardLogger")
-            if self.hparams:
-                self.log_hyperparams(self.hparams)
-
-    @property
-    def log_dir(self) -> Path:
-        if self._resolved_dir is None:
-            if self.save_dir is None:
-                raise ConfigurationError("TensorBoardLogger has no save_dir yet: pass one or attach it to a Trainer.")
-            self._resolved_dir = version_dir(self.save_dir, self.name, self._version, "events.out.tfevents.*")
-        return self._resolved_dir
+        super().setup(root_dir, is_global_zero)
+        if is_global_zero and self.hparams:
+            self.log_hyperparams(self.hparams)
 
     @property
     def experiment(self) -> Any:
