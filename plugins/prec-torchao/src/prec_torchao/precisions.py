@@ -84,46 +84,41 @@ class Float8Converter:
         return convert_linear_layers(module, self.float8, self.config, report, cpu_autocast=self.cpu_autocast)
 
 
-class Float8MixedPrecision(MixedPrecision):
+class _Float8Conversion:
+    """What both fp8 precisions add to their family: Float8Linear conversion after the family's own, and its
+    report. Listed first in the bases, so ``super()`` reaches the family's methods."""
+
+    converter: Float8Converter
+    name: str
+
+    @property
+    def conversion(self) -> ConversionReport:
+        """What the last :meth:`convert_module` converted and why it kept the other Linear layers."""
+        return self.converter.report
+
+    @override
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return self.converter.convert(super().convert_module(module), self.name)  # type: ignore[misc]
+
+    @override
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, recipe={self.converter.recipe!r})"
+
+
+class Float8MixedPrecision(_Float8Conversion, MixedPrecision):
     """fp8-mixed: float32 weights and optimizer state, bfloat16 autocast, Float8Linear matmuls in float8."""
 
     def __init__(self, device_type: str, converter: Float8Converter, *, cache_enabled: bool = True) -> None:
         super().__init__("fp8-mixed", device_type, torch.bfloat16, cache_enabled=cache_enabled)
         self.converter = converter
 
-    @property
-    def conversion(self) -> ConversionReport:
-        """What the last :meth:`convert_module` converted and why it kept the other Linear layers."""
-        return self.converter.report
 
-    @override
-    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return self.converter.convert(super().convert_module(module), self.name)
-
-    @override
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, recipe={self.converter.recipe!r})"
-
-
-class Float8TruePrecision(TruePrecision):
+class Float8TruePrecision(_Float8Conversion, TruePrecision):
     """fp8-bf16-true: bfloat16 weights, gradients and optimizer state; Float8Linear matmuls in float8."""
 
     def __init__(self, device_type: str, converter: Float8Converter) -> None:
         super().__init__("fp8-bf16-true", torch.bfloat16, device_type=device_type)
         self.converter = converter
-
-    @property
-    def conversion(self) -> ConversionReport:
-        """What the last :meth:`convert_module` converted and why it kept the other Linear layers."""
-        return self.converter.report
-
-    @override
-    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return self.converter.convert(super().convert_module(module), self.name)
-
-    @override
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, recipe={self.converter.recipe!r})"
 
 
 def _require_fp8_gpu(name: str, accelerator: Accelerator) -> None:
