@@ -1,15 +1,24 @@
-"""ModelCheckpoint: save every N steps or at the end of epochs, keep the best K by a monitored metric."""
+"""ModelCheckpoint: save every N steps or at the end of epochs, keep the best K by a monitored metric.
+
+Under several processes every decision is global rank zero's, as in Lightning: each save gathers every rank's
+monitored score and file name (one ``Strategy.all_gather_object``, as cheap as a broadcast) and every rank uses rank
+zero's, so all ranks keep the same top K, the same ``best_model_path`` and ``kth_best_model_path``, and pass the
+same path to the (collective) ``Trainer.save_checkpoint``. A monitored value that differs across ranks (logged with
+``sync_dist=False``, or a step value without ``sync_dist=True``) is warned about once.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prec._warnings import warn
 from prec.callbacks import Callback
-from prec.errors import ConfigurationError
+from prec.errors import ConfigurationError, PrecWarning
 
 if TYPE_CHECKING:
     from prec.module import StepOutput, TrainingModule
@@ -70,6 +79,7 @@ class ModelCheckpoint(Callback):
         #: The newest checkpoint this callback wrote (what ``ckpt_path="last"`` resumes).
         self.latest_path = ""
         self._last_step_saved = -1
+        self._warned_unsynced = False
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, module: TrainingModule, stage: str) -> None:
@@ -106,6 +116,8 @@ class ModelCheckpoint(Callback):
                 score = math.inf if self.mode == "min" else -math.inf
         values = {**{k: float(v) for k, v in metrics.items()}, "epoch": epoch, "step": trainer.global_step}
         path = str(self.dirpath / f"{self._format(values)}.ckpt")
+        if trainer.world_size > 1:
+            score, path = self._rank_zero_decides(trainer, score, path)
         evicted: list[str] = []
         keep = self.save_top_k != 0
         if keep and score is not None:
@@ -138,7 +150,26 @@ class ModelCheckpoint(Callback):
         if trainer.is_global_zero:
             for old in evicted:
                 if old != path and old != self.last_model_path:
-                    Path(old).unlink(missing_ok=True)
+                    _remove(Path(old))
+
+    def _rank_zero_decides(self, trainer: Trainer, score: float | None, path: str) -> tuple[float | None, str]:
+        """Rank zero's score and path, on every rank (a collective: every rank saves at the same steps). Warns
+        once when the ranks' monitored values differ: the metric was not synchronised across ranks."""
+        entries = trainer.strategy.all_gather_object((score, path))
+        chosen_score, chosen_path = entries[0]
+        if self.monitor is not None and not self._warned_unsynced:
+            if any(other != chosen_score for other, _ in entries):
+                self._warned_unsynced = True
+                if trainer.is_global_zero:
+                    values = ", ".join(f"rank {rank}: {other}" for rank, (other, _) in enumerate(entries))
+                    warn(
+                        f"ModelCheckpoint(monitor={self.monitor!r}) got a different value on each rank ({values}):"
+                        f" the metric is not synchronised across ranks. Checkpoints are ranked by rank 0's value;"
+                        f" log it with self.log({self.monitor!r}, ..., sync_dist=True) to rank by the value of"
+                        " every rank.",
+                        PrecWarning,
+                    )
+        return chosen_score, chosen_path
 
     @property
     def kth_best_model_path(self) -> str:
@@ -188,3 +219,11 @@ class ModelCheckpoint(Callback):
         self.best_model_score = state_dict.get("best_model_score")
         self.last_model_path = state_dict.get("last_model_path", "")
         self.latest_path = state_dict.get("latest_path", "")
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint that lost its place: a file, or the directory a sharded strategy (fsdp) writes."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
