@@ -202,11 +202,16 @@ class FSDPStrategy(DDPStrategy):
 
 def _shard_full_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """A load_state_dict pre-hook: full-size state tensors of sharded (DTensor) parameters become their shards.
-    Every rank loads the same full state, so ``distribute_tensor`` keeps the ranks consistent."""
+    Every rank loads the same full state, so ``distribute_tensor`` keeps the ranks consistent. A state's key is
+    matched to its parameter by position in the saved groups' ``params``, as ``Optimizer.load_state_dict`` does:
+    indices in prec's checkpoints, parameter names in what ``set_state_dict`` (a sharded resume) passes."""
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    saved = [key for group in state_dict["param_groups"] for key in group["params"]]
+    position = {key: index for index, key in enumerate(saved)}
     converted: dict[Any, Any] = {}
     for index, values in state_dict["state"].items():
-        parameter = parameters[int(index)]
+        where = position.get(index)
+        parameter = parameters[where] if where is not None and where < len(parameters) else None
         if not isinstance(parameter, DTensor):
             converted[index] = values
             continue
