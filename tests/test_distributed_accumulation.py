@@ -26,7 +26,7 @@ import prec
 
 pytestmark = pytest.mark.slow
 
-HANG_GUARD_S = 180  # the launch takes about 20 s on 2 busy cores
+HANG_GUARD_S = 180  # the launch took 11-22 s on 2 busy cores
 ACCUMULATE, BATCHES, BATCH, EPOCHS, WORLD = 4, 10, 2, 2, 2
 
 WORKER = textwrap.dedent(

@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-HANG_GUARD_S = 180  # the launch takes about 25 s on 2 busy cores
+HANG_GUARD_S = 180  # the launch took 10-16 s on 2 busy cores
 
 WORKER = textwrap.dedent(
     """

@@ -29,7 +29,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-HANG_GUARD_S = 300  # the launch takes about 40 s on 2 busy cores
+HANG_GUARD_S = 300  # the launch took 15-33 s on 2 busy cores
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 WORKER = textwrap.dedent(
