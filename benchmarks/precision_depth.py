@@ -99,6 +99,7 @@ def train(kind: str, name: str, options: dict[str, Any], steps: int, width: int,
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     precision.setup_optimizer(optimizer)
     times, losses = [], []
+    diverged_at = None
     for step in range(steps):
         index = torch.arange(step * 32, step * 32 + 32) % len(x)
         start = time.perf_counter()
@@ -106,7 +107,11 @@ def train(kind: str, name: str, options: dict[str, Any], steps: int, width: int,
             output = model(precision.convert_input(x[index]))
         loss = torch.nn.functional.mse_loss(precision.convert_output(output), y[index])
         precision.backward(loss, model)
-        precision.optimizer_step(optimizer)
+        try:
+            precision.optimizer_step(optimizer)
+        except prec.NonFiniteError:  # the guard stops a run that no longer trains: that is the result
+            diverged_at = step
+            break
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
@@ -114,8 +119,9 @@ def train(kind: str, name: str, options: dict[str, Any], steps: int, width: int,
         final = torch.nn.functional.mse_loss(precision.convert_output(model(precision.convert_input(x))), y).item()
     summary = summarize(model, precision, optimizer)
     return {
-        "final_loss": final,
-        "step_ms": 1000 * statistics.median(times[steps // 5 :]),
+        "final_loss": float("nan") if diverged_at is not None else final,
+        "diverged_at_step": diverged_at,
+        "step_ms": 1000 * statistics.median(times[len(times) // 5 :] or [float("nan")]),
         "bytes": {
             "weights": summary.weight_bytes / summary.parameters,
             "gradients": summary.gradient_bytes / summary.parameters,
@@ -220,12 +226,18 @@ def render(result: dict[str, Any]) -> str:
         size = (
             f"{b['total']:.0f} ({b['weights']:.0f}+{b['gradients']:.0f}+{b['optimizer_state']:.0f}+{b['extras']:.0f})"
         )
+        losses = [_relative_loss(entry[kind], full[kind]) for kind in ("regression", "transformer")]
         lines.append(
-            f"| {key} | {kept} | {kept16} | {entry['regression']['final_loss'] / full['regression']['final_loss']:.3f}"
-            f" | {entry['transformer']['final_loss'] / full['transformer']['final_loss']:.3f} | {size}"
+            f"| {key} | {kept} | {kept16} | {losses[0]} | {losses[1]} | {size}"
             f" | {entry['step_time_vs_bf16_true']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _relative_loss(entry: dict[str, Any], full: dict[str, Any]) -> str:
+    if entry.get("diverged_at_step") is not None:
+        return f"non-finite, stopped at step {entry['diverged_at_step']}"
+    return f"{entry['final_loss'] / full['final_loss']:.3f}"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::prec.PerformanceWarning")
 
 def _moved(precision: prec.Precision, optimizer_type: Any = torch.optim.AdamW, steps: int = 100) -> float:
     """The issue's case: lr 1e-4 on weights of 1.0 with unit gradients; mean movement of the effective weights."""
-    model = precision.convert_module(torch.nn.Linear(64, 64, bias=False))
+    model = precision.convert_module(torch.nn.Linear(256, 256, bias=False))
     with torch.no_grad():
         model.weight.fill_(1.0)
     optimizer = optimizer_type(model.parameters(), lr=1e-4)
@@ -38,7 +38,7 @@ def _moved(precision: prec.Precision, optimizer_type: Any = torch.optim.AdamW, s
     return float((1.0 - weight).mean())
 
 
-@pytest.mark.parametrize(("mode", "low"), [("fp32", 0.999), ("kahan", 0.98), ("stochastic", 0.98)])
+@pytest.mark.parametrize(("mode", "low"), [("fp32", 0.999), ("kahan", 0.99), ("stochastic", 0.99)])
 def test_small_updates_are_kept(mode: str, low: float) -> None:
     reference = _moved(prec.get_precision("32-true", "cpu"))
     assert _moved(prec.get_precision("bf16-true", "cpu")) == 0.0  # plain bf16 loses every update
@@ -66,11 +66,98 @@ def test_bad_master_weight_options(name: str, options: dict[str, Any], match: st
         prec.get_precision(name, "cpu", **options)
 
 
-def test_compensated_modes_refuse_optimizers_not_linear_in_lr() -> None:
-    precision = prec.get_precision("bf16-true", "cpu", master_weights="kahan")
-    model = precision.convert_module(torch.nn.Linear(2, 2))
-    with pytest.raises(prec.ConfigurationError, match="Rprop.*master_weights='fp32'"):
-        precision.setup_optimizer(torch.optim.Rprop(model.parameters()))
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+@pytest.mark.parametrize("optimizer_type", [torch.optim.Rprop, torch.optim.ASGD, torch.optim.Adafactor])
+def test_cheap_modes_drive_optimizers_not_linear_in_lr(mode: str, optimizer_type: Any) -> None:
+    """Working copies step any optimizer: Rprop's sign-based update is kept as well as Adam's."""
+    reference = _moved(prec.get_precision("32-true", "cpu"), optimizer_type)
+    kept = _moved(prec.get_precision("bf16-true", "cpu", master_weights=mode), optimizer_type)
+    assert kept == pytest.approx(reference, rel=0.02)
+
+
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_cheap_modes_keep_16_bit_state_between_steps(mode: str) -> None:
+    precision = prec.get_precision("bf16-true", "cpu", master_weights=mode)
+    model = precision.convert_module(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    precision.setup_optimizer(optimizer)
+    for _ in range(3):
+        precision.backward(model(torch.randn(16, 4).bfloat16()).float().pow(2).mean())
+        precision.optimizer_step(optimizer)
+        optimizer.zero_grad()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert params == list(model.parameters())  # the working copies are gone
+    for param in params:
+        assert param.dtype == torch.bfloat16
+        state = optimizer.state[param]
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.bfloat16
+        assert state["step"].item() == 3
+
+
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_chunked_steps_equal_one_step(mode: str) -> None:
+    """Stepping a chunk of parameters at a time (bounded transient memory) changes nothing in the result."""
+    from prec.precision.working_copies import WorkingCopyStepper
+
+    results = []
+    for chunk_elements in (1 << 24, 40):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 1)).bfloat16()
+        model[1].float()  # a float32 module, stepped once with the first chunk
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        entries = [(p, torch.zeros_like(p) if mode == "kahan" else None) for p in model.parameters()]
+        entries = [(p, c) for p, c in entries if p.dtype == torch.bfloat16]
+        stepper = WorkingCopyStepper(optimizer, entries, torch.Generator().manual_seed(3), chunk_elements)
+        x = torch.randn(8, 6)
+        for _ in range(4):
+            y = model[2](model[1](model[0](x.bfloat16()).float()).bfloat16())
+            y.float().pow(2).mean().backward()
+            stepper.step(None, {})
+            optimizer.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for one, chunked in zip(*results, strict=True):
+        assert torch.equal(one, chunked)
+
+
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_cheap_modes_skip_nonfinite_steps_untouched(mode: str) -> None:
+    precision = prec.get_precision("bf16-true", "cpu", master_weights=mode)
+    model = precision.convert_module(torch.nn.Linear(4, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    precision.setup_optimizer(optimizer)
+    for grad in (1.0, float("nan")):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        before = [p.detach().clone() for p in model.parameters()]
+        state = {k: v.clone() for k, v in optimizer.state[model.weight].items()} if grad != 1.0 else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            precision.optimizer_step(optimizer)
+    assert precision.step_skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(torch.equal(v, optimizer.state[model.weight][k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_cheap_modes_work_with_lbfgs_closures(mode: str) -> None:
+    torch.manual_seed(0)
+    precision = prec.get_precision("bf16-true", "cpu", master_weights=mode)
+    model = precision.convert_module(torch.nn.Linear(4, 1))
+    x, y = torch.randn(32, 4).bfloat16(), torch.randn(32, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    precision.setup_optimizer(optimizer)
+
+    def closure() -> torch.Tensor:
+        loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        precision.backward(loss)
+        return loss
+
+    first = closure().item()
+    model.zero_grad()
+    for _ in range(3):
+        precision.optimizer_step(optimizer, closure)
+    assert torch.nn.functional.mse_loss(model(x).float(), y).item() < first
+    assert [p for g in optimizer.param_groups for p in g["params"]] == list(model.parameters())
 
 
 def test_fp32_masters_work_with_lbfgs_closures() -> None:

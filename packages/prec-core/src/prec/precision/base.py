@@ -177,6 +177,15 @@ class Precision:
     def setup_optimizer(self, optimizer: Optimizer) -> None:
         """Check an optimizer before training (e.g. LBFGS cannot run with a grad scaler)."""
 
+    def checkpoint_parameters(self, module: torch.nn.Module) -> AbstractContextManager[None]:
+        """Context around reading or writing a sharded checkpoint of ``module`` and its optimizers.
+
+        ``torch.distributed.checkpoint`` names optimizer state by the module's parameters, found by identity. A
+        precision whose optimizer steps other tensors (bf16-true's float32 ``master_weights``) puts those in the
+        module meanwhile, so the checkpoint holds them and the state follows; the default does nothing.
+        """
+        return nullcontext()
+
     # -- steps ----------------------------------------------------------------------------------------------
     def forward_context(self) -> AbstractContextManager[None]:
         """Context around each ``*_step``: autocast for mixed precisions, the default dtype for true ones."""
@@ -242,11 +251,11 @@ class Precision:
         guard = self.guard
         if closure is not None or not guard.active:
             self.step_skipped = False
-            return optimizer.step(closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+            return self.apply_optimizer_step(optimizer, closure, **kwargs)
         found = guard.found_nonfinite(optimizer)
         if found is False:
             self.step_skipped = False
-            return optimizer.step(**kwargs)
+            return self.apply_optimizer_step(optimizer, None, **kwargs)
         if found is True:
             self.step_skipped = True
             guard.record(optimizer, True, _no_scale)
@@ -255,19 +264,34 @@ class Precision:
         optimizer.found_inf = found  # type: ignore[attr-defined] - torch's device-side skip protocol
         optimizer.grad_scale = None  # type: ignore[attr-defined]
         try:
-            result = optimizer.step(**kwargs)
+            result = self.apply_optimizer_step(optimizer, None, **kwargs)
         finally:
             del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
         self.step_skipped = found
         guard.record(optimizer, found, _no_scale)
         return result
 
+    def apply_optimizer_step(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ``optimizer.step`` once :meth:`optimizer_step` decided the step goes ahead; return its result.
+
+        The seam for a precision whose optimizer steps other tensors than the model's parameters: bf16-true with
+        ``master_weights="kahan"`` steps float32 working copies here. The guard has already checked the model's
+        gradients, so an override never re-checks them.
+        """
+        return optimizer.step(closure, **kwargs) if closure is not None else optimizer.step(**kwargs)
+
     def bind_optimizer_step(self, optimizer: Optimizer) -> Callable[[], Any]:
         """``optimizer_step(optimizer)`` as a zero-argument callable, for a loop that steps the same optimizer
         every batch: bind once (per epoch, or after changing its param groups), call per step. The default is the
         non-finite guard's fast path when :meth:`optimizer_step` is not overridden; an override is always the
         one called."""
-        if type(self).optimizer_step is not Precision.optimizer_step:
+        cls = type(self)
+        if (
+            cls.optimizer_step is not Precision.optimizer_step
+            or cls.apply_optimizer_step is not Precision.apply_optimizer_step
+        ):
             return partial(self.optimizer_step, optimizer)
         return self.guard.bind_step(optimizer, self)
 

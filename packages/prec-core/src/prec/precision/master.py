@@ -9,25 +9,23 @@ unit in the last place (``2**-9 * |w|``), so plain bf16-true silently drops smal
     16-bit weights, rewritten from the copies after each step (DeepSpeed's bf16 optimizer). +4 bytes per
     parameter for the copies, optimizer state in float32, +4 bytes of float32 gradients during the step.
 ``"kahan"``
-    The optimizer steps the 16-bit parameters themselves (state in 16 bit, as plain bf16-true); each update is
-    read back at full resolution and added with a bfloat16 compensation buffer that carries what rounding
-    dropped to the next step. +2 bytes per parameter. bf16-true only.
+    The model's weights and the optimizer state stay bfloat16 between steps (as plain bf16-true); each step runs
+    in float32 on working copies (:mod:`prec.precision.working_copies`), and what rounding the new weight to
+    bfloat16 drops is carried to the next step in a bfloat16 compensation buffer. +2 bytes per parameter.
 ``"stochastic"``
     As ``"kahan"``, but the new weight is rounded stochastically (unbiased: small updates land with the right
-    probability) instead of compensated. No extra persistent bytes; the rounding draws from the precision's
-    own generator, saved in checkpoints. bf16-true only.
+    probability) instead of compensated. No extra persistent bytes.
 
-How ``"kahan"`` and ``"stochastic"`` read the update at full resolution from an unmodified optimizer: during
-the step the learning rate of every group is multiplied by ``2**16``, so the 16-bit result ``w + 2**16 * u``
-resolves ``u`` to bfloat16's relative precision; ``u = (result - w) / 2**16`` is exact arithmetic in float32.
-That needs an update proportional to the learning rate, which holds for torch's optimizers except LBFGS,
-Rprop, ASGD and Adafactor (refused, use ``"fp32"``). float16's range (65504) is too small for the scaled
-step, hence bf16 only.
+In both cheap modes the optimizer state is written back to bfloat16 with stochastic rounding (rounded to
+nearest, Adam's moments stall about 1 % short), drawing from the precision's own generator, which checkpoints
+save. The float32 working copies exist during the step only, a bounded chunk at a time. bf16-true only: float16
+has no cheap unbiased rounding of this kind, use ``"fp32"``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,25 +36,12 @@ from typing_extensions import override
 from prec._warnings import warn
 from prec.errors import ConfigurationError, PrecWarning
 from prec.precision.true import TruePrecision
+from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
 
-__all__ = ["LR_SCALE", "MASTER_WEIGHT_MODES", "MasterWeightsPrecision", "stochastic_round"]
+__all__ = ["MASTER_WEIGHT_MODES", "MasterWeightsPrecision", "stochastic_round"]
 
 #: The values of the ``master_weights`` option (``None`` is plain 16-bit weights).
 MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
-#: The learning-rate multiplier used to read an update at full resolution (see the module docstring).
-LR_SCALE = 2.0**16
-#: Optimizers whose update is not proportional to the learning rate (or that re-evaluate the model).
-_NONLINEAR_IN_LR = tuple(
-    getattr(torch.optim, name) for name in ("LBFGS", "Rprop", "ASGD", "Adafactor") if hasattr(torch.optim, name)
-)
-
-
-def stochastic_round(values: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Round float32 ``values`` to bfloat16 stochastically: up with probability equal to the dropped fraction."""
-    bits = values.view(torch.int32)
-    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
-    rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
-    return torch.where(torch.isfinite(values), rounded, values).to(torch.bfloat16)
 
 
 class MasterWeightsPrecision(TruePrecision):
@@ -85,8 +70,8 @@ class MasterWeightsPrecision(TruePrecision):
             )
         if master_weights != "fp32" and dtype != torch.bfloat16:
             raise ConfigurationError(
-                f"{name}: master_weights={master_weights!r} needs bfloat16 weights (float16's range cannot hold the"
-                " full-resolution read-back of the update); use master_weights='fp32'."
+                f"{name}: master_weights={master_weights!r} needs bfloat16 weights (its unbiased rounding of weights"
+                " and optimizer state is bfloat16's); use master_weights='fp32'."
             )
         super().__init__(
             name, dtype, device_type=device_type, convert_inputs_from=convert_inputs_from, keep_float32=keep_float32
@@ -98,6 +83,7 @@ class MasterWeightsPrecision(TruePrecision):
         self._gathered: set[int] = set()
         self._pending: dict[str, Any] | None = None
         self._generator: torch.Generator | None = None
+        self._steppers: dict[int, WorkingCopyStepper] = {}
 
     # -- set-up -------------------------------------------------------------------------------------------
     @override
@@ -108,23 +94,19 @@ class MasterWeightsPrecision(TruePrecision):
         if self.master_weights == "fp32":
             self._pairs[id(optimizer)] = _install_masters(optimizer, self.param_dtype)
         else:
-            if isinstance(optimizer, _NONLINEAR_IN_LR):
-                raise ConfigurationError(
-                    f"{self.name}: master_weights={self.master_weights!r} cannot drive {type(optimizer).__name__},"
-                    " whose update is not proportional to the learning rate. Use master_weights='fp32', which works"
-                    " with every optimizer."
-                )
             kahan = self.master_weights == "kahan"
-            self._buffers[id(optimizer)] = [
+            entries = [
                 (p, torch.zeros_like(p) if kahan else None)
                 for group in optimizer.param_groups
                 for p in group["params"]
                 if p.dtype == self.param_dtype
             ]
-            if not kahan and self._generator is None:
-                device = next((p.device for p, _ in self._buffers[id(optimizer)]), torch.device("cpu"))
+            self._buffers[id(optimizer)] = entries
+            if self._generator is None:
+                device = next((_local_device(p) for p, _ in entries), torch.device("cpu"))
                 self._generator = torch.Generator(device=device)
                 self._generator.manual_seed(torch.initial_seed() % 2**63)
+            self._steppers[id(optimizer)] = WorkingCopyStepper(optimizer, entries, self._generator)
         self._optimizers.append(optimizer)
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -140,6 +122,28 @@ class MasterWeightsPrecision(TruePrecision):
             for _, compensation in buffers:
                 if compensation is not None:
                     compensation.zero_()
+
+    @override
+    @contextmanager
+    def checkpoint_parameters(self, module: torch.nn.Module) -> Iterator[None]:
+        """Under ``"fp32"``: the float32 copies stand in for the module's parameters, so a sharded checkpoint
+        saves and loads them (and the optimizer state keyed by them) at full precision; the 16-bit weights are
+        rewritten from them afterwards."""
+        masters = {id(param): master for pairs in self._pairs.values() for param, master in pairs}
+        swapped: list[tuple[torch.nn.Module, str, Tensor]] = []
+        for owner in module.modules():
+            for leaf, param in list(owner.named_parameters(recurse=False)):
+                master = masters.get(id(param))
+                if master is not None:
+                    owner.register_parameter(leaf, master)  # type: ignore[arg-type]
+                    swapped.append((owner, leaf, param))
+        try:
+            yield
+        finally:
+            for owner, leaf, param in swapped:
+                owner.register_parameter(leaf, param)  # type: ignore[arg-type]
+            for pairs in self._pairs.values():
+                _write_back(pairs)
 
     # -- the step -----------------------------------------------------------------------------------------
     @override
@@ -163,7 +167,17 @@ class MasterWeightsPrecision(TruePrecision):
         self.setup_optimizer(optimizer)
         if self.master_weights == "fp32":
             return self._step_masters(optimizer, closure, update, kwargs)
-        return self._step_compensated(optimizer, closure, update, kwargs)
+        return super().optimizer_step(optimizer, closure, update=update, **kwargs)
+
+    @override
+    def apply_optimizer_step(
+        self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any
+    ) -> Any:
+        """Under ``"kahan"`` and ``"stochastic"``: step float32 working copies and round the results back."""
+        stepper = self._steppers.get(id(optimizer))
+        if stepper is None:
+            return super().apply_optimizer_step(optimizer, closure, **kwargs)
+        return stepper.step(closure, kwargs)
 
     def _step_masters(
         self, optimizer: Optimizer, closure: Callable[[], Any] | None, update: bool, kwargs: dict[str, Any]
@@ -190,31 +204,6 @@ class MasterWeightsPrecision(TruePrecision):
                 param.grad = None
                 master.grad = None
 
-    def _step_compensated(
-        self, optimizer: Optimizer, closure: Callable[[], Any] | None, update: bool, kwargs: dict[str, Any]
-    ) -> Any:
-        buffers = [(p, c) for p, c in self._buffers[id(optimizer)] if p.grad is not None or closure is not None]
-        before = [p.detach().clone() for p, _ in buffers]
-        learning_rates = [group["lr"] for group in optimizer.param_groups]
-        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
-            group["lr"] = lr * LR_SCALE
-        try:
-            result = super().optimizer_step(optimizer, closure, update=update, **kwargs)
-        finally:
-            for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
-                group["lr"] = lr
-        with torch.no_grad():
-            for (param, compensation), old in zip(buffers, before, strict=True):
-                exact = old.float()
-                exact += (param.float() - exact) / LR_SCALE
-                if compensation is not None:
-                    exact += compensation.float()
-                    param.copy_(exact)
-                    compensation.copy_(exact - param.float())
-                else:
-                    param.copy_(stochastic_round(exact, self._generator))
-        return result
-
     # -- state --------------------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -226,7 +215,7 @@ class MasterWeightsPrecision(TruePrecision):
             state["masters"] = [[m.detach() for _, m in self._pairs[id(o)]] for o in self._optimizers]
         elif self.master_weights == "kahan":
             state["compensation"] = [[c for _, c in self._buffers[id(o)]] for o in self._optimizers]
-        elif self._generator is not None:
+        if self._generator is not None:
             state["generator"] = self._generator.get_state()
         return state
 
@@ -257,9 +246,9 @@ class MasterWeightsPrecision(TruePrecision):
         )
 
     def _load_same_mode(self, state_dict: dict[str, Any]) -> None:
+        if self._generator is not None and "generator" in state_dict:
+            self._generator.set_state(state_dict["generator"])
         if self.master_weights == "stochastic":
-            if self._generator is not None and "generator" in state_dict:
-                self._generator.set_state(state_dict["generator"])
             return
         key = "masters" if self.master_weights == "fp32" else "compensation"
         targets = [
@@ -334,3 +323,9 @@ def _compensation_to_masters(
         for optimizer, group in zip(optimizers, compensation, strict=False):
             for (param, master), comp in zip(pairs[id(optimizer)], group, strict=False):
                 master.copy_(param.float() + comp.to(param.device).float())
+
+
+def _local_device(tensor: Tensor) -> torch.device:
+    """The device of this process's values (a DTensor's shard lives where its mesh puts it)."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local().device if callable(to_local) else tensor.device
