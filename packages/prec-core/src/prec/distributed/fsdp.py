@@ -145,7 +145,8 @@ class FSDPStrategy(DDPStrategy):
         and its own ``state``; nothing is gathered."""
         from prec.distributed.sharded_checkpoint import save_sharded
 
-        save_sharded(path, unwrap(module), optimizers, state)
+        with self.precision.checkpoint_parameters(unwrap(module)):
+            save_sharded(path, unwrap(module), optimizers, state)
 
     @override
     def load_checkpoint(
@@ -160,9 +161,11 @@ class FSDPStrategy(DDPStrategy):
         from prec.distributed.sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded
 
         if is_sharded_checkpoint(path):
-            return load_sharded(path, unwrap(module), optimizers)
+            with self.precision.checkpoint_parameters(unwrap(module)):
+                return load_sharded(path, unwrap(module), optimizers)
         checkpoint = read_checkpoint(path) if self.is_global_zero else None
-        load_full_into_sharded(checkpoint, unwrap(module), optimizers)
+        with self.precision.checkpoint_parameters(unwrap(module)):
+            load_full_into_sharded(checkpoint, unwrap(module), optimizers)
         rest = {k: v for k, v in (checkpoint or {}).items() if k not in ("state_dict", "optimizer_states")}
         return self.broadcast(rest)
 

@@ -1,0 +1,169 @@
+"""bf16-true's ``master_weights`` and ``keep_float32`` under FSDP2, for real on two gloo processes.
+
+One launch (prec starts rank 1 itself) runs each scenario: a fit, and the same fit interrupted after one epoch
+and resumed from its sharded checkpoint. Each rank writes what it saw; the assertions run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+HANG_GUARD_S = 420  # the launch takes about 30 s here
+MODES = ("fp32", "kahan", "stochastic")
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import prec
+
+    out, modes = Path(sys.argv[1]), sys.argv[2].split(",")
+
+
+    def data():
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(64, 8, generator=generator)
+        return TensorDataset(x, torch.tanh(x @ torch.randn(8, 1, generator=generator)))
+
+
+    class Net(prec.TrainingModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.proj = torch.nn.Linear(8, 16)
+            self.norm = torch.nn.LayerNorm(16)
+            self.head = torch.nn.Linear(16, 1)
+            self.seen = {}
+            self.norm.register_forward_hook(self._record_norm)
+
+        def _record_norm(self, module, inputs, output):
+            self.seen["norm_input"] = str(inputs[0].dtype)
+            self.seen["norm_output"] = str(output.dtype)
+
+        def forward(self, x):
+            return self.head(self.norm(torch.relu(self.proj(x))))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self(x).float(), y)
+
+        def on_after_backward(self):
+            self.seen["grads"] = {n: str(p.grad.dtype) for n, p in self.named_parameters()}
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+    def fit(mode, max_epochs, ckpt_path=None):
+        model = Net()
+        trainer = prec.Trainer(
+            accelerator="cpu", strategy="fsdp", devices=2, precision="bf16-true",
+            precision_options={"master_weights": mode, "keep_float32": [torch.nn.LayerNorm]},
+            max_epochs=max_epochs, enable_progress_bar=False, enable_model_summary=False,
+            enable_checkpointing=False, default_root_dir=out, logger=False,
+        )
+        trainer.fit(model, DataLoader(data(), batch_size=4), ckpt_path=ckpt_path)
+        return trainer, model
+
+
+    for mode in modes:
+        trainer, model = fit(mode, 2)
+        rank = trainer.global_rank
+        optimizer = trainer.optimizers[0]
+        info = {
+            "world_size": trainer.world_size,
+            "params": {n: [type(p).__name__, str(p.dtype)] for n, p in model.named_parameters()},
+            "stepped": sorted({str(p.dtype) for g in optimizer.param_groups for p in g["params"]}),
+            "state": sorted({str(v.dtype) for s in optimizer.state.values() for v in s.values() if v.dim()}),
+            **model.seen,
+        }
+        (out / f"{mode}_rank{rank}.json").write_text(json.dumps(info))
+        torch.save(trainer.strategy.module_state_dict(model), out / f"{mode}_rank{rank}.pt")
+
+        first, _ = fit(mode, 1)
+        first.save_checkpoint(out / f"{mode}_epoch1.ckpt")
+        resumed, model = fit(mode, 2, ckpt_path=out / f"{mode}_epoch1.ckpt")
+        torch.save(resumed.strategy.module_state_dict(model), out / f"{mode}_resumed_rank{rank}.pt")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def fsdp_precision_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp_precision")
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script), str(out), ",".join(MODES)],
+            cwd=out, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"the 2-process run hung for {HANG_GUARD_S} s: {error.stderr!r}")
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return out
+
+
+def _load(out: Path, name: str) -> list[dict[str, torch.Tensor]]:
+    return [torch.load(out / f"{name}_rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+def _info(out: Path, mode: str) -> dict[str, Any]:
+    return json.loads((out / f"{mode}_rank0.json").read_text())
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", MODES)
+def test_sharded_16_bit_weights_with_float32_norms(fsdp_precision_run: Path, mode: str) -> None:
+    info = _info(fsdp_precision_run, mode)
+    assert info["world_size"] == 2
+    assert info["params"]["proj.weight"] == ["DTensor", "torch.bfloat16"]
+    assert info["params"]["norm.weight"] == ["DTensor", "torch.float32"]  # its own float32 FSDP policy
+    assert info["norm_input"] == "torch.float32" and info["norm_output"] == "torch.bfloat16"
+    assert info["grads"]["proj.weight"] == "torch.bfloat16" and info["grads"]["norm.weight"] == "torch.float32"
+    if mode == "fp32":  # the optimizer steps float32 shards of the masters and keeps float32 state
+        assert info["stepped"] == ["torch.float32"] and info["state"] == ["torch.float32"]
+    else:  # the model's own shards, with 16-bit state (float32 for the float32 norm)
+        assert info["stepped"] == ["torch.bfloat16", "torch.float32"]
+        assert info["state"] == ["torch.bfloat16", "torch.float32"]
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", MODES)
+def test_ranks_agree_and_train(fsdp_precision_run: Path, mode: str) -> None:
+    state0, state1 = _load(fsdp_precision_run, mode)
+    for key in state0:
+        assert torch.equal(state0[key], state1[key]), key
+        assert torch.isfinite(state0[key].float()).all(), key
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(8, 16)
+    assert not torch.equal(state0["proj.weight"].float(), initial.weight.bfloat16().float())
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", MODES)
+def test_sharded_resume_is_exact(fsdp_precision_run: Path, mode: str) -> None:
+    """The masters, compensation buffers and rounding generators are saved per rank with the shards."""
+    uninterrupted = _load(fsdp_precision_run, mode)
+    resumed = _load(fsdp_precision_run, f"{mode}_resumed")
+    for rank in range(2):
+        for key, value in uninterrupted[rank].items():
+            assert torch.equal(value, resumed[rank][key]), (rank, key)
