@@ -122,39 +122,9 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         reject_unknown_arguments(unknown)
-        self.config = config = TrainerConfig(
-            accelerator=accelerator,
-            devices=devices,  # type: ignore[arg-type]
-            precision=precision,
-            plugins=plugins,  # type: ignore[arg-type]
-            strategy=strategy,
-            num_nodes=num_nodes,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,  # type: ignore[arg-type]
-            min_steps=min_steps,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            val_check_interval=val_check_interval,
-            num_sanity_val_steps=num_sanity_val_steps,
-            log_every_n_steps=log_every_n_steps,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            accumulate_grad_batches=accumulate_grad_batches,
-            fast_dev_run=fast_dev_run,  # type: ignore[arg-type]
-            deterministic=deterministic,
-            logger=logger,  # type: ignore[arg-type]
-            callbacks=callbacks,  # type: ignore[arg-type]
-            enable_progress_bar=enable_progress_bar,
-            enable_checkpointing=enable_checkpointing,
-            enable_model_summary=enable_model_summary,
-            default_root_dir=default_root_dir,  # type: ignore[arg-type]
-            precision_options=precision_options,  # type: ignore[arg-type]
-            nonfinite=nonfinite,
-        )
+        arguments = locals()  # the parameters alone: nothing else is bound yet
+        # Each parameter is the TrainerConfig field of the same name (a test keeps the two lists equal).
+        self.config = config = TrainerConfig(**{name: arguments[name] for name in TrainerConfig.argument_names()})
         registry = get_registry()
         self._registry = registry
         parts = select_parts(config, registry)
