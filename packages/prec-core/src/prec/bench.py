@@ -15,20 +15,20 @@ Torch (and every module only a measurement needs) is imported lazily, so registe
 from __future__ import annotations
 
 import contextlib
-import functools
-import gc
 import json
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from prec.bench_measure import Run, run_once
 from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, build_model, resolve_model
+from prec.bench_report import render
 from prec.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -41,121 +41,7 @@ BASELINE = "32-true"
 NOISY_SPREAD = 0.10
 
 
-# -- measuring ------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """One training run of one precision: per-step times and losses."""
-
-    step_ns: list[int]
-    losses: list[float]
-    peak_memory_mib: float | None
-
-
-def _sync(device: torch.device) -> None:
-    import torch
-
-    module = getattr(torch, device.type, None)
-    if device.type != "cpu" and module is not None and hasattr(module, "synchronize"):
-        module.synchronize()
-
-
-class _Recorder:
-    """Callback that stamps the end of every step and keeps the (detached) losses."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.stamps: list[int] = []
-        self.losses: list[Any] = []
-
-    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.losses.append(loss.detach() if loss is not None else None)
-        if self.device.type != "cpu":
-            _sync(self.device)  # per-step times on an asynchronous device need a sync; the bench pays it
-        self.stamps.append(time.perf_counter_ns())
-
-
-@contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
-    """Peak memory growth during the body: the device allocator's peak, or on Linux CPUs the process's peak
-    resident set (reset through ``/proc/self/clear_refs``) above what it was at the start."""
-    import ctypes
-
-    import torch
-
-    result: dict[str, float | None] = {"mib": None}
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        yield result
-        result["mib"] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
-        return
-    start_kib = None
-    if device.type == "cpu" and sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the next run's growth is its own
-        with contextlib.suppress(OSError):
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # reset the peak resident set ("high water mark") to the current one
-            start_kib = _status_kib("VmRSS")
-    yield result
-    if start_kib is not None:
-        result["mib"] = max(0.0, (_status_kib("VmHWM") - start_kib) / 1024)
-
-
-def _status_kib(field_name: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    raise OSError(f"{field_name} missing from /proc/self/status")
-
-
-def run_once(
-    factory: Callable[[], Any], spec: str, accelerator: Accelerator, precision: str, steps: int, warmup: int, seed: int
-) -> Run:
-    """Build the model afresh from ``seed`` and train ``warmup + steps`` steps at ``precision``."""
-    import tempfile
-
-    from prec.callbacks import Callback
-    from prec.errors import PerformanceWarning
-    from prec.trainer import Trainer
-
-    device = accelerator.get_device(0)
-    with _peak_memory(device) as memory, tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
-        warnings.simplefilter("ignore", PerformanceWarning)  # the table shows the speed; no need to warn
-        module, batches = build_model(factory, spec, seed)
-        batches = [_to_device(batch, device) for batch in batches]
-        recorder = _recorder_class(Callback)(device)
-        trainer = Trainer(
-            accelerator=accelerator,
-            devices=1,
-            precision=precision,
-            max_steps=warmup + steps,
-            enable_progress_bar=False,
-            callbacks=[recorder],
-            default_root_dir=root,
-        )
-        total = warmup + steps
-        trainer.fit(module, [batches[index % len(batches)] for index in range(total)])
-    stamps = recorder.stamps[warmup - 1 :]
-    step_ns = [later - earlier for earlier, later in zip(stamps[:-1], stamps[1:], strict=False)]
-    losses = [float(loss.float()) if loss is not None else math.nan for loss in recorder.losses]
-    return Run(step_ns, losses, memory["mib"])
-
-
-@functools.cache
-def _recorder_class(callback_base: type) -> type:
-    return type("BenchRecorder", (_Recorder, callback_base), {})
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    from prec.precision.base import apply_to_tensors
-
-    return apply_to_tensors(batch, lambda tensor: tensor.to(device))
-
-
+# -- summarising ----------------------------------------------------------------------------------------------
 @dataclass
 class PrecisionResult:
     precision: str
@@ -394,62 +280,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # -- command --------------------------------------------------------------------------------------------------
-def render(data: dict[str, Any]) -> str:
-    header = ["precision", "native", "steps/s", "min-max", "vs 32-true", "peak MiB", "final loss", "drift"]
-    rows = []
-    for r in data["results"]:
-        if r["error"]:
-            rows.append([r["precision"], _yes(r["native"]), "error", r["error"][:60], "", "", "", ""])
-            continue
-        rows.append(
-            [
-                r["precision"],
-                _yes(r["native"]),
-                _num(r["steps_per_s"], ".1f"),
-                f"{_num(r['steps_per_s_min'], '.1f')}-{_num(r['steps_per_s_max'], '.1f')}",
-                _num(r["speedup_vs_32_true"], ".2f", "x"),
-                _num(r["peak_memory_mib"], ".1f"),
-                _num(r["final_loss"], ".4g"),
-                _num(r["loss_drift"], ".2%"),
-            ]
-        )
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{width}}}" for width in widths)
-    machine = data["machine"]
-    lines = [
-        f"{data['model']} on {data['accelerator']} ({machine.get('cpu', '?')};"
-        f" flags {', '.join(machine.get('flags', []))}; {machine['cpu_count']} cores)",
-        f"{data['steps']} steps after {data['warmup']} warm-up, {data['repeats']} interleaved rounds,"
-        f" {data['threads']} torch threads; medians",
-        "",
-        fmt.format(*header).rstrip(),
-        fmt.format(*("-" * width for width in widths)).rstrip(),
-        *(fmt.format(*row).rstrip() for row in rows),
-        "",
-        *(
-            [f"Figures are noisy: {data['noise']['reason']}; rerun on a quieter machine or with more --repeats."]
-            if data["noise"]["noisy"]
-            else []
-        ),
-        *(
-            [f"Stopped at --time-limit {data['time_limit']:g} s; later rounds did not run."]
-            if data["time_limited"]
-            else []
-        ),
-        f"Recommended: {data['recommendation']['precision']} ({data['recommendation']['reason']})",
-        f"precision='auto' picks {data['auto']['precision']} here: {data['auto']['reason']}",
-    ]
-    return "\n".join(lines)
-
-
-def _yes(value: bool | None) -> str:
-    return "?" if value is None else ("yes" if value else "no")
-
-
-def _num(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
-
-
 @click.command("bench")
 @click.option(
     "--model",

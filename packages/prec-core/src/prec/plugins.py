@@ -24,39 +24,27 @@ Two distributions that publish the same entry-point name both load, as ``"<distr
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pluggy
 
 from prec import _verify, hookspecs
 from prec._discovery import EntryPointInfo, SlowPluginWatch, distribution_version, scan_entry_points
+from prec._registration import HOOK_ORDER, hook_problem, register_callables
 from prec._warnings import warn
 from prec.entries import PluginInfo
 from prec.errors import PluginError, PluginWarning
-from prec.registry import (
-    ACCELERATOR,
-    PRECISION,
-    STRATEGY,
-    AcceleratorEntry,
-    Origin,
-    PrecisionEntry,
-    Registry,
-    StrategyEntry,
-    key_text,
-    normalize_distribution,
-)
+from prec.registry import Origin, Registry, key_text, normalize_distribution
 
 __all__ = ["PluginInfo", "get_registry", "register_plugin", "reset_registry", "unregister_plugin"]
 
 ENTRY_POINT_GROUP = "prec"
-HOOK_ORDER = ("prec_register_accelerators", "prec_register_precisions", "prec_register_strategies")
 CORE_PLUGIN = "prec.core"
 _MARKER = f"{hookspecs.PROJECT_NAME}_impl"  # the attribute prec.hookimpl sets on a function
 
@@ -230,7 +218,7 @@ class _Loader:
                 else:
                     unknown.setdefault(impl.plugin_name, []).append(hook_name)
         for name in list(impls):
-            problem = _hook_problem(self.manager.get_plugin(name), impls[name], unknown.get(name, []))
+            problem = hook_problem(self.manager.get_plugin(name), impls[name], unknown.get(name, []))
             if problem is not None:
                 info = self.registry.plugins[name]
                 self.manager.unregister(name=name)
@@ -268,7 +256,8 @@ class _Loader:
     def _register_callbacks(
         self, origin: Origin, staged: list[tuple[Callable[[Any], None], Any]], keys: list[tuple[str, str]]
     ) -> dict[str, Any]:
-        registry = self.registry
+        """Hook name -> the ``register`` callable its implementation receives; what a plugin registers is staged
+        and reaches the registry only once every hook of the plugin has run."""
 
         def stage(kind: str, key: Any, add: Callable[[Any], None], entry: Any, priority: int) -> None:
             item = (kind, key_text(key))
@@ -278,67 +267,7 @@ class _Loader:
             staged.append((add, entry))
             self.trace(f"  {origin.plugin} registers {kind} {key_text(key)!r} (priority {priority})")
 
-        def register_accelerator(accelerator: type, *, priority: int = 0) -> None:
-            from prec.accelerator import Accelerator
-
-            if not (isinstance(accelerator, type) and issubclass(accelerator, Accelerator)) or not accelerator.name:
-                raise TypeError(f"register() takes an Accelerator subclass with a name, got {accelerator!r}")
-            if accelerator.name != accelerator.name.lower():
-                raise TypeError(f"accelerator names are lower case (they match in any case): {accelerator.name!r}")
-            aliases = _verify.names(accelerator.aliases, "aliases")
-            entry = AcceleratorEntry(accelerator.name, accelerator, aliases, origin, _verify.priority(priority))
-            stage(ACCELERATOR, entry.name, registry.add_accelerator, entry, entry.priority)
-
-        def register_precision(
-            name: str,
-            accelerator: str,
-            factory: Callable[..., Any],
-            *,
-            aliases: Iterable[str] = (),
-            priority: int = 0,
-            description: str = "",
-        ) -> None:
-            name, accelerator = _verify.precision_key(name, accelerator, registry.alias_target)
-            takes_options = _verify.precision_factory(factory, name, accelerator)
-            entry = PrecisionEntry(
-                name,
-                accelerator,
-                factory,
-                origin,
-                _verify.names(aliases, "aliases"),
-                _verify.priority(priority),
-                description,
-                takes_options,
-            )
-            stage(PRECISION, (name, accelerator), registry.add_precision, entry, entry.priority)
-
-        def register_strategy(
-            name: str,
-            factory: Callable[..., Any],
-            *,
-            accelerators: Iterable[str] | None = None,
-            precisions: Iterable[str] | None = None,
-            priority: int = 0,
-            description: str = "",
-        ) -> None:
-            if not isinstance(name, str) or not name or not callable(factory):
-                raise TypeError(f"register() takes (name: str, factory: callable), got {name!r}, {factory!r}")
-            entry = StrategyEntry(
-                name,
-                factory,
-                origin,
-                None if accelerators is None else frozenset(_verify.names(accelerators, "accelerators")),
-                None if precisions is None else frozenset(_verify.names(precisions, "precisions")),
-                _verify.priority(priority),
-                description,
-            )
-            stage(STRATEGY, name, registry.add_strategy, entry, entry.priority)
-
-        return {
-            "prec_register_accelerators": register_accelerator,
-            "prec_register_precisions": register_precision,
-            "prec_register_strategies": register_strategy,
-        }
+        return register_callables(self.registry, origin, stage)
 
 
 def _broken(
@@ -352,20 +281,6 @@ def _broken(
     """The record of a broken plugin, keeping the exception itself (traceback and cause) next to its text."""
     text = where + _describe(error)
     return PluginInfo(name, origin.distribution, origin.version, "error", text, module, None, registered, error)
-
-
-def _hook_problem(plugin: object, implemented: dict[str, Any], unknown: list[str]) -> PluginError | None:
-    """Why a plugin's hooks cannot work (a misspelt hook, a missing decorator), or None."""
-    if unknown:
-        hints = [difflib.get_close_matches(hook, HOOK_ORDER, n=1) for hook in unknown]
-        spelled = "".join(
-            f" ({hook}: did you mean {hint[0]}?)" for hook, hint in zip(unknown, hints, strict=True) if hint
-        )
-        return PluginError(f"implements unknown hook(s) {', '.join(unknown)}{spelled}; known: {', '.join(HOOK_ORDER)}")
-    undecorated = [hook for hook in HOOK_ORDER if hook not in implemented and callable(getattr(plugin, hook, None))]
-    if undecorated:
-        return PluginError(f"defines {', '.join(undecorated)} without the @prec.hookimpl decorator")
-    return None
 
 
 def _entry_points() -> list[EntryPointInfo]:

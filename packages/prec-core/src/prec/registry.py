@@ -8,7 +8,7 @@ The conflict rule: for every key (an accelerator name, a precision × accelerato
 the registration with the highest ``priority`` wins. A tie at the top between two registrations is a
 :class:`Conflict`: the key is unusable and selecting it raises an error naming both plugins. Load order never
 decides. An alias never shadows a registered name: the name wins and the alias is dropped (reported as a conflict
-that does not block anything).
+that does not block anything). :meth:`Registry.finalize` applies the rule, written out in ``prec._conflict_rule``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prec import catalogue
+from prec._conflict_rule import override_message, resolve
 from prec._explain import Explanations
 from prec._warnings import warn
 from prec.catalogue import KNOWN_GAPS
@@ -38,9 +39,7 @@ from prec.entries import (
     StrategyEntry,
     StrategyFactory,
     key_text,
-    label,
     normalize_distribution,
-    sorted_origins,
 )
 from prec.errors import (
     AcceleratorUnavailableError,
@@ -53,7 +52,7 @@ from prec.errors import (
     UnsupportedPrecisionError,
 )
 from prec.hookspecs import RegisterAccelerator, RegisterPrecision, RegisterStrategy
-from prec.names import AUTO, CANONICAL_PRECISIONS, legacy_names, normalize_precision
+from prec.names import AUTO, CANONICAL_PRECISIONS, normalize_precision
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
@@ -89,8 +88,6 @@ __all__ = [
 BUILTIN_ACCELERATOR_PACKAGES = catalogue.ACCELERATOR_PACKAGES
 BUILTIN_ACCELERATOR_ALIASES = catalogue.ACCELERATOR_ALIASES
 BUILTIN_PAIR_PACKAGES = catalogue.PAIR_PACKAGES
-
-_RESERVED_PRECISION_NAMES = frozenset({AUTO, *CANONICAL_PRECISIONS, *(key.strip("'") for key in legacy_names())})
 
 
 @dataclass
@@ -136,82 +133,20 @@ class Registry(Explanations):
 
     def finalize(self) -> None:
         """Apply the conflict rule once everything is registered (see the module docstring)."""
-        tables: dict[str, dict[Any, Any]] = {
-            ACCELERATOR: self.accelerators,
-            PRECISION: self.precisions,
-            STRATEGY: self.strategies,
-        }
-        for table in tables.values():
+        resolution = resolve(self._candidates)
+        tables: tuple[tuple[dict[Any, Any], dict[Any, Any]], ...] = (
+            (self.accelerators, resolution.accelerators),
+            (self.precisions, resolution.precisions),
+            (self.strategies, resolution.strategies),
+            (self.conflicts, resolution.conflicts),
+            (self.overrides, resolution.overrides),
+        )
+        for table, resolved in tables:
             table.clear()
-        self.conflicts.clear()
-        self.overrides.clear()
-        for (kind, key), entries in self._candidates.items():
-            top = max(entry.priority for entry in entries)
-            winners = [entry for entry in entries if entry.priority == top]
-            if len(winners) == 1:
-                tables[kind][key] = winners[0]
-                losers = tuple(entry.origin for entry in entries if entry is not winners[0])
-                if losers:
-                    self.overrides[(kind, key_text(key))] = (winners[0].origin, losers)
-            else:
-                origins = sorted_origins(entry.origin for entry in winners)
-                self.conflicts[(kind, key_text(key))] = Conflict(kind, label(kind, key), origins, top)
-        accelerator_claims = [
-            (alias.lower(), name, entry.origin, entry.priority)
-            for name, entry in self.accelerators.items()
-            for alias in entry.aliases
-        ]
-        self._aliases = self._resolve_aliases(ACCELERATOR_ALIAS, accelerator_claims, {AUTO, *self.accelerators})
-        precision_claims = [
-            (alias, entry.name, entry.origin, entry.priority)
-            for entry in self.precisions.values()
-            for alias in entry.aliases
-        ]
-        reserved = _RESERVED_PRECISION_NAMES | {name for name, _ in self.precisions}
-        self._precision_aliases = self._resolve_aliases(PRECISION_ALIAS, precision_claims, reserved)
-        self._drop_pairs_on_aliases()
+            table.update(resolved)
+        self._aliases = resolution.accelerator_aliases
+        self._precision_aliases = resolution.precision_aliases
         self._instances.clear()
-
-    def _drop_pairs_on_aliases(self) -> None:
-        """A pair registered on what turned out to be another plugin's accelerator alias never matches: drop it
-        and say so (a registration on an alias known at the time is refused outright)."""
-        for (name, accelerator), entry in list(self.precisions.items()):
-            target = self._aliases.get(accelerator)
-            if target is not None and accelerator not in self.accelerators:
-                del self.precisions[(name, accelerator)]
-                self.conflicts[(PRECISION, key_text((name, accelerator)))] = Conflict(
-                    PRECISION,
-                    label(PRECISION, (name, accelerator)),
-                    (entry.origin,),
-                    entry.priority,
-                    message=f"precision {name!r} of {entry.origin} is ignored: it is registered on {accelerator!r},"
-                    f" an alias of accelerator {target!r}; register it on {target!r}.",
-                )
-
-    def _resolve_aliases(self, kind: str, claims: list[tuple[str, str, Origin, int]], reserved: set[str]) -> dict:
-        """Alias -> name, by the same rule as names; an alias that is itself a name is dropped."""
-        by_alias: dict[str, dict[str, tuple[Origin, int]]] = {}
-        for alias, target, origin, priority in claims:
-            if alias == target:
-                continue
-            if alias in reserved:
-                what = "a registered name" if alias not in _RESERVED_PRECISION_NAMES else "a built-in name"
-                self.conflicts[(kind, alias)] = Conflict(kind, f"{alias!r} for {target!r}", (origin,), priority, what)
-                continue
-            best = by_alias.setdefault(alias, {}).get(target)
-            if best is None or priority > best[1]:
-                by_alias[alias][target] = (origin, priority)
-        resolved: dict[str, str] = {}
-        for alias, targets in by_alias.items():
-            top = max(priority for _, priority in targets.values())
-            winners = sorted(target for target, (_, priority) in targets.items() if priority == top)
-            if len(winners) == 1:
-                resolved[alias] = winners[0]
-            else:
-                origins = sorted_origins(targets[target][0] for target in winners)
-                label = f"{alias!r} (for {' and '.join(map(repr, winners))})"
-                self.conflicts[(kind, alias)] = Conflict(kind, label, origins, top)
-        return resolved
 
     def _blocking_conflict(self, kind: str, key: Any) -> Conflict | None:
         conflict = self.conflicts.get((kind, key_text(key)))
@@ -441,12 +376,3 @@ def precision_order(name: str) -> tuple[int, str]:
     if name in CANONICAL_PRECISIONS:
         return CANONICAL_PRECISIONS.index(name), ""
     return len(CANONICAL_PRECISIONS), name
-
-
-def override_message(kind: str, key: Any, winner: Origin, losers: tuple[Origin, ...]) -> str:
-    """The sentence for a key one plugin took over from others by priority, naming every distribution."""
-    what = label(kind, key) if isinstance(key, tuple) else repr(key)
-    return (
-        f"{kind} {what} comes from {winner}, which overrides {' and '.join(map(str, losers))} by priority."
-        f" If that is not what you want, PREC_DISABLED_PLUGINS={winner.plugin} restores the original."
-    )

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from prec._selection import select_parts
 from prec.accelerator import Accelerator, DevicesInput
 from prec.callbacks import Callback
 from prec.checkpoint import resolve_checkpoint_path
@@ -22,7 +23,6 @@ from prec.plugins import get_registry
 from prec.precision import NonFinitePolicy, Precision
 from prec.run_setup import SkipInit, apply_run_defaults, run_stage
 from prec.run_state import RunState
-from prec.strategy import Strategy
 
 
 class Trainer:
@@ -122,48 +122,18 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         reject_unknown_arguments(unknown)
-        self.config = config = TrainerConfig(
-            accelerator=accelerator,
-            devices=devices,  # type: ignore[arg-type]
-            precision=precision,
-            plugins=plugins,  # type: ignore[arg-type]
-            strategy=strategy,
-            num_nodes=num_nodes,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,  # type: ignore[arg-type]
-            min_steps=min_steps,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            val_check_interval=val_check_interval,
-            num_sanity_val_steps=num_sanity_val_steps,
-            log_every_n_steps=log_every_n_steps,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            accumulate_grad_batches=accumulate_grad_batches,
-            fast_dev_run=fast_dev_run,  # type: ignore[arg-type]
-            deterministic=deterministic,
-            logger=logger,  # type: ignore[arg-type]
-            callbacks=callbacks,  # type: ignore[arg-type]
-            enable_progress_bar=enable_progress_bar,
-            enable_checkpointing=enable_checkpointing,
-            enable_model_summary=enable_model_summary,
-            default_root_dir=default_root_dir,  # type: ignore[arg-type]
-            precision_options=precision_options,  # type: ignore[arg-type]
-            nonfinite=nonfinite,
-        )
+        arguments = locals()  # the parameters alone: nothing else is bound yet
+        # Each parameter is the TrainerConfig field of the same name (a test keeps the two lists equal).
+        self.config = config = TrainerConfig(**{name: arguments[name] for name in TrainerConfig.argument_names()})
         registry = get_registry()
         self._registry = registry
+        parts = select_parts(config, registry)
         #: Why ``precision="auto"`` chose what it chose (``None`` when a precision was given).
-        self.auto_precision_reason: str | None = None
-        self.accelerator = registry.select_accelerator(config.accelerator)
-        self.precision_plugin = self._select_precision(config.precision, config.plugins, config.precision_options)
-        self.precision_plugin.set_nonfinite_policy(config.nonfinite)
-        self.devices = self.accelerator.parse_devices(config.devices)
-        self.strategy = self._select_strategy(config.strategy, config.num_nodes)  # type: ignore[arg-type]
+        self.auto_precision_reason: str | None = parts.auto_precision_reason
+        self.accelerator = parts.accelerator
+        self.precision_plugin = parts.precision
+        self.devices = parts.devices
+        self.strategy = parts.strategy
 
         self.max_epochs = config.max_epochs
         self.min_epochs = config.min_epochs
@@ -202,41 +172,6 @@ class Trainer:
         self.num_test_batches: float | None = None
         self.num_predict_batches: float | None = None
         apply_run_defaults(self)
-
-    # -- selection ------------------------------------------------------------------------------------------
-    def _select_precision(self, precision: Any, plugins: tuple[Precision, ...], options: Any) -> Precision:
-        """An instance from ``plugins=`` as given (if it fits the accelerator), else the registry's lookup. The
-        configuration already refused two precisions, or a name together with an instance."""
-        if plugins:
-            (instance,) = plugins
-            problem = instance.incompatibility(self.accelerator)
-            if problem is not None:
-                raise ConfigurationError(
-                    f"{problem}. Build it with prec.get_precision(name, {self.accelerator.name!r})."
-                )
-            return instance
-        selected, self.auto_precision_reason = self._registry.select_precision(precision, self.accelerator, options)
-        return selected
-
-    def _select_strategy(self, strategy: str, num_nodes: int) -> Strategy:
-        if isinstance(strategy, Strategy):
-            return strategy
-        if not isinstance(strategy, str):
-            raise ConfigurationError(f"strategy={strategy!r} must be a strategy name such as 'auto' or 'ddp'.")
-        processes = len(self.devices) * num_nodes
-        name = strategy
-        if strategy == "auto":
-            name = self.accelerator.single_device_strategy if processes == 1 else "ddp"
-        elif strategy == "single" and processes > 1:
-            raise ConfigurationError(
-                f"strategy='single' runs one process, but devices={self.devices} and num_nodes={num_nodes} ask for"
-                f" {processes}. Use strategy='ddp' or devices=1."
-            )
-        entry = self._registry.strategy_entry(name)
-        self._registry.check_strategy(entry, self.accelerator.name, self.precision_plugin.name)
-        return entry.factory(
-            accelerator=self.accelerator, devices=self.devices, precision=self.precision_plugin, num_nodes=num_nodes
-        )
 
     # -- public state ---------------------------------------------------------------------------------------
     @property
