@@ -114,25 +114,28 @@ BUILTIN_MODELS: dict[str, Callable[[], tuple[TrainingModule, list[Any]]]] = {
 }
 
 
-def resolve_model(spec: str) -> Callable[[], tuple[TrainingModule, list[Any]]]:
-    """A built-in model name, or ``package.module:factory`` returning ``(TrainingModule, list_of_batches)``."""
+def resolve_model(spec: str, label: str = "--model") -> Callable[[], tuple[TrainingModule, list[Any]]]:
+    """A built-in model name, or ``package.module:factory`` returning ``(TrainingModule, list_of_batches)``;
+    ``label`` names the command-line argument in errors."""
     if spec in BUILTIN_MODELS:
         return BUILTIN_MODELS[spec]
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(
-            f"--model {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor 'package.module:factory'."
+            f"{label} {spec!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor 'package.module:factory'."
         )
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ConfigurationError(f"--model {spec!r} cannot be loaded: {error}") from error
+        raise ConfigurationError(f"{label} {spec!r} cannot be loaded: {error}") from error
     if not callable(factory):
-        raise ConfigurationError(f"--model {spec!r} names {type(factory).__name__}, not a callable factory.")
+        raise ConfigurationError(f"{label} {spec!r} names {type(factory).__name__}, not a callable factory.")
     return factory
 
 
-def build_model(factory: Callable[[], Any], spec: str, seed: int) -> tuple[TrainingModule, list[Any]]:
+def build_model(
+    factory: Callable[[], Any], spec: str, seed: int, label: str = "--model"
+) -> tuple[TrainingModule, list[Any]]:
     import torch
 
     from prec.module import TrainingModule
@@ -141,9 +144,9 @@ def build_model(factory: Callable[[], Any], spec: str, seed: int) -> tuple[Train
     built = factory()
     if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], TrainingModule)):
         raise ConfigurationError(
-            f"--model {spec!r}: the factory must return (prec.TrainingModule, list_of_batches); got {type(built)}."
+            f"{label} {spec!r}: the factory must return (prec.TrainingModule, list_of_batches); got {type(built)}."
         )
     batches = list(built[1])
     if not batches:
-        raise ConfigurationError(f"--model {spec!r}: the factory returned no batches.")
+        raise ConfigurationError(f"{label} {spec!r}: the factory returned no batches.")
     return built[0], batches

@@ -21,6 +21,7 @@ import click
 from prec import __version__
 from prec.bench import bench_command
 from prec.errors import PluginError
+from prec.summary_command import summary_command
 
 #: Version of the ``prec list --json`` document; raised when a key changes meaning or disappears.
 SCHEMA_VERSION = 2
@@ -34,6 +35,7 @@ def main() -> None:
 
 
 main.add_command(bench_command)
+main.add_command(summary_command)
 
 
 @contextlib.contextmanager

@@ -13,14 +13,14 @@ stepped and estimated from its type before. On CUDA, pass the device to record t
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from prec.precision.base import Precision
 
-__all__ = ["ModelSummary", "optimizer_state_slots", "summarize"]
+__all__ = ["ModelSummary", "format_bytes", "optimizer_state_slots", "summarize"]
 
 #: Tensors of optimizer state per parameter element, by optimizer type (before its first step).
 _STATE_SLOTS: dict[str, int] = {
@@ -81,19 +81,23 @@ class ModelSummary:
     def bytes_per_parameter(self) -> float:
         return self.total_bytes / max(self.parameters, 1)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields and the totals, for JSON."""
+        return {**asdict(self), "total_bytes": self.total_bytes, "bytes_per_parameter": self.bytes_per_parameter()}
+
     def rows(self) -> list[tuple[str, str]]:
-        state = "unknown" if self.optimizer_state_bytes is None else _size(self.optimizer_state_bytes)
+        state = "unknown" if self.optimizer_state_bytes is None else format_bytes(self.optimizer_state_bytes)
         rows = [(f"parameters ({dtype})", f"{count:,}") for dtype, count in sorted(self.parameters_by_dtype.items())]
         rows += [
             ("trainable", f"{self.trainable:,}"),
-            ("weights", _size(self.weight_bytes)),
-            ("gradients", _size(self.gradient_bytes)),
+            ("weights", format_bytes(self.weight_bytes)),
+            ("gradients", format_bytes(self.gradient_bytes)),
             ("optimizer state" + ("" if self.optimizer_state_measured else " (estimated)"), state),
         ]
-        rows += [(name, _size(value)) for name, value in self.extras.items()]
-        rows.append(("total", f"{_size(self.total_bytes)} ({self.bytes_per_parameter():.1f} bytes/parameter)"))
+        rows += [(name, format_bytes(value)) for name, value in self.extras.items()]
+        rows.append(("total", f"{format_bytes(self.total_bytes)} ({self.bytes_per_parameter():.1f} bytes/parameter)"))
         if self.cuda_peak_bytes is not None:
-            rows.append(("CUDA peak (first steps)", _size(self.cuda_peak_bytes)))
+            rows.append(("CUDA peak (first steps)", format_bytes(self.cuda_peak_bytes)))
         return rows
 
     def __str__(self) -> str:
@@ -104,7 +108,8 @@ class ModelSummary:
         return "\n".join(lines)
 
 
-def _size(count: int) -> str:
+def format_bytes(count: int) -> str:
+    """``count`` bytes in the largest binary unit that keeps the number at least 1 (``"1.50 KiB"``)."""
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
