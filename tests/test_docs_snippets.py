@@ -8,6 +8,7 @@ such as a CUDA device); the reason must be given and the page must say why in it
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -160,6 +161,64 @@ def test_walkthrough_from_empty_folder_to_prec_list(tmp_path: Path) -> None:
 
     tests = sandbox.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=str(project))
     assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+# -- the ported Lightning examples -------------------------------------------------------------------------------
+LIGHTNING_EXAMPLES = DOCS / "examples" / "lightning"  # every file there runs in tests/test_lightning_examples.py
+
+
+def ported_example_markers() -> dict[str, str]:
+    """The examples the pages include, as ``{path relative to docs/: page}``."""
+    marker = _hook("ported_examples").MARKER
+    return {
+        match["path"]: str(page.relative_to(DOCS)) for page in pages() for match in marker.finditer(page.read_text())
+    }
+
+
+def test_the_docs_show_exactly_the_examples_the_tests_run() -> None:
+    shown = ported_example_markers()
+    run = {path.relative_to(DOCS).as_posix() for path in LIGHTNING_EXAMPLES.glob("*.py")}
+    assert set(shown) == run, f"shown but not run: {set(shown) - run}; run but not shown: {run - set(shown)}"
+    assert set(shown.values()) == {"porting.md"}
+
+
+@pytest.mark.parametrize("example", sorted(LIGHTNING_EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+def test_a_ported_example_is_shown_whole_with_its_diff(example: Path) -> None:
+    hook = _hook("ported_examples")
+    source = example.read_text(encoding="utf-8")
+    markdown = hook.example_markdown(example, "docs/examples/lightning/" + example.name)
+    shown = [line[4:] for line in markdown.splitlines() if line.startswith("    ")]
+    assert [line for line in source.splitlines() if line.strip()] == [line for line in shown if line.strip()][1:-1]
+
+    diff = hook.ported_diff(source, example.name).splitlines()
+    removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
+    assert "import lightning as L" in removed and "import prec as L" in added
+    assert any(line.endswith("(L.LightningModule):") for line in removed)
+    code = [line.split("  # was:")[0] for line in source.splitlines()]
+    assert all(line in code for line in added), added  # the diff's new side is the file's code
+    changed = removed + added
+    assert all(line.lstrip().startswith(("import ", "from ", "class ")) for line in changed), changed
+    imported = [
+        alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names
+    ]
+    imported += [node.module or "" for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)]
+    assert not [name for name in imported if name.split(".")[0] in ("lightning", "pytorch_lightning")], imported
+
+
+def test_a_port_that_changes_more_than_imports_and_classes_fails_the_build() -> None:
+    hook = _hook("ported_examples")
+    with pytest.raises(ValueError, match="not an import or a class statement"):
+        hook.versions("import prec as L  # was: import lightning as L\nx = data()  # was: x = MNIST()\n")
+    with pytest.raises(ValueError, match="no line carries"):
+        hook.versions("import prec as L\n")
+    lightning, ported = hook.versions(
+        "import prec as L  # was: import lightning as L\nclass A(L.DataModule):  # was: B\n"
+    )
+    assert lightning == ["import lightning as L", "class A(B):"] and ported == [
+        "import prec as L",
+        "class A(L.DataModule):",
+    ]
 
 
 # -- the site ---------------------------------------------------------------------------------------------------
