@@ -221,6 +221,73 @@ def test_a_port_that_changes_more_than_imports_and_classes_fails_the_build() -> 
     ]
 
 
+# -- the porting guide and the API reference agree with the code ------------------------------------------------
+# Lightning 2.6's Callback hooks: the porting guide says prec.Callback has every one of them.
+LIGHTNING_CALLBACK_HOOKS = (
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_batch_start", "on_train_batch_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_validation_epoch_start", "on_validation_epoch_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_validation_batch_start", "on_validation_batch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start", "on_predict_batch_end", "on_train_start",
+    "on_train_end", "on_validation_start", "on_validation_end", "on_test_start", "on_test_end", "on_predict_start",
+    "on_predict_end", "on_exception", "on_save_checkpoint", "on_load_checkpoint", "on_before_backward",
+    "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+)  # fmt: skip
+
+
+def _porting_bullet(label: str) -> str:
+    """The text of the porting guide's "does not have" bullet that starts with ``- **label**``."""
+    text = (DOCS / "porting.md").read_text(encoding="utf-8")
+    match = re.search(rf"^- \*\*{re.escape(label)}\*\*(.*?)(?=^- |^#|\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match is not None, f"porting.md has no bullet starting with **{label}**"
+    return match[1]
+
+
+def test_callback_has_every_lightning_hook_and_the_guide_says_which_it_adds() -> None:
+    from prec.callbacks import CALLBACK_HOOKS
+
+    assert set(CALLBACK_HOOKS) - set(LIGHTNING_CALLBACK_HOOKS) == {"on_train_epoch_completed"}
+    assert set(LIGHTNING_CALLBACK_HOOKS) <= set(CALLBACK_HOOKS)
+    assert "plus `on_train_epoch_completed`" in (DOCS / "porting.md").read_text(encoding="utf-8")
+
+
+def test_the_api_reference_lists_every_public_trainer_member() -> None:
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    match = re.search(r"^::: prec\.trainer\.Trainer\n\s+options:\n\s+members: \[(?P<members>[^\]]*)\]", text, re.M)
+    assert match is not None, "api.md lists the Trainer's members explicitly"
+    listed = [name.strip() for name in match["members"].split(",")]
+    public = {name for name in vars(prec.Trainer) if not name.startswith("_")}
+    assert set(listed) == public, f"missing: {public - set(listed)}; not on the Trainer: {set(listed) - public}"
+
+
+def test_the_trainer_documents_every_argument() -> None:
+    import inspect
+
+    documented = set(re.findall(r"^        (\w+):", prec.Trainer.__doc__ or "", re.MULTILINE))
+    arguments = {name for name in inspect.signature(prec.Trainer).parameters if name != "unknown"}
+    assert documented == arguments
+
+
+@pytest.mark.usefixtures("clean_prec")
+def test_the_trainer_arguments_the_guide_says_prec_lacks_are_refused_by_name() -> None:
+    names = re.findall(r"`(\w+)`", _porting_bullet("Trainer arguments"))
+    assert len(names) >= 10, names
+    for name in set(names) - {"LEFT_OUT"}:
+        with pytest.raises(prec.ConfigurationError, match=name):
+            prec.Trainer(accelerator="cpu", **{name: None})
+
+
+def test_the_module_attributes_the_guide_says_prec_lacks_are_absent() -> None:
+    from prec.hooks import UNCALLED_MODULE_HOOKS
+
+    bullet = _porting_bullet("On the module")
+    names = re.findall(r"`self\.(\w+)(?:\([^`]*\))?`", bullet)
+    assert len(names) >= 10, names
+    assert [name for name in names if hasattr(prec.TrainingModule, name)] == []
+    for hook in ("backward", "configure_callbacks", "configure_sharded_model"):  # refused when overridden
+        assert f"`{hook}`" in bullet and hook in UNCALLED_MODULE_HOOKS, hook
+
+
 # -- the site ---------------------------------------------------------------------------------------------------
 def _docs_tooling_missing() -> str | None:
     missing = [name for name in ("mkdocs", "material", "mkdocstrings_handlers.python") if not _importable(name)]
