@@ -8,6 +8,7 @@ such as a CUDA device); the reason must be given and the page must say why in it
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -160,6 +161,131 @@ def test_walkthrough_from_empty_folder_to_prec_list(tmp_path: Path) -> None:
 
     tests = sandbox.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=str(project))
     assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+# -- the ported Lightning examples -------------------------------------------------------------------------------
+LIGHTNING_EXAMPLES = DOCS / "examples" / "lightning"  # every file there runs in tests/test_lightning_examples.py
+
+
+def ported_example_markers() -> dict[str, str]:
+    """The examples the pages include, as ``{path relative to docs/: page}``."""
+    marker = _hook("ported_examples").MARKER
+    return {
+        match["path"]: str(page.relative_to(DOCS)) for page in pages() for match in marker.finditer(page.read_text())
+    }
+
+
+def test_the_docs_show_exactly_the_examples_the_tests_run() -> None:
+    shown = ported_example_markers()
+    run = {path.relative_to(DOCS).as_posix() for path in LIGHTNING_EXAMPLES.glob("*.py")}
+    assert set(shown) == run, f"shown but not run: {set(shown) - run}; run but not shown: {run - set(shown)}"
+    assert set(shown.values()) == {"porting.md"}
+
+
+@pytest.mark.parametrize("example", sorted(LIGHTNING_EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+def test_a_ported_example_is_shown_whole_with_its_diff(example: Path) -> None:
+    hook = _hook("ported_examples")
+    source = example.read_text(encoding="utf-8")
+    markdown = hook.example_markdown(example, "docs/examples/lightning/" + example.name)
+    shown = [line[4:] for line in markdown.splitlines() if line.startswith("    ")]
+    assert [line for line in source.splitlines() if line.strip()] == [line for line in shown if line.strip()][1:-1]
+
+    diff = hook.ported_diff(source, example.name).splitlines()
+    removed = [line[1:] for line in diff if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff if line.startswith("+") and not line.startswith("+++")]
+    assert "import lightning as L" in removed and "import prec as L" in added
+    assert any(line.endswith("(L.LightningModule):") for line in removed)
+    code = [line.split("  # was:")[0] for line in source.splitlines()]
+    assert all(line in code for line in added), added  # the diff's new side is the file's code
+    changed = removed + added
+    assert all(line.lstrip().startswith(("import ", "from ", "class ")) for line in changed), changed
+    imported = [
+        alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names
+    ]
+    imported += [node.module or "" for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)]
+    assert not [name for name in imported if name.split(".")[0] in ("lightning", "pytorch_lightning")], imported
+
+
+def test_a_port_that_changes_more_than_imports_and_classes_fails_the_build() -> None:
+    hook = _hook("ported_examples")
+    with pytest.raises(ValueError, match="not an import or a class statement"):
+        hook.versions("import prec as L  # was: import lightning as L\nx = data()  # was: x = MNIST()\n")
+    with pytest.raises(ValueError, match="no line carries"):
+        hook.versions("import prec as L\n")
+    lightning, ported = hook.versions(
+        "import prec as L  # was: import lightning as L\nclass A(L.DataModule):  # was: B\n"
+    )
+    assert lightning == ["import lightning as L", "class A(B):"] and ported == [
+        "import prec as L",
+        "class A(L.DataModule):",
+    ]
+
+
+# -- the porting guide and the API reference agree with the code ------------------------------------------------
+# Lightning 2.6's Callback hooks: the porting guide says prec.Callback has every one of them.
+LIGHTNING_CALLBACK_HOOKS = (
+    "setup", "teardown", "on_fit_start", "on_fit_end", "on_sanity_check_start", "on_sanity_check_end",
+    "on_train_batch_start", "on_train_batch_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_validation_epoch_start", "on_validation_epoch_end", "on_test_epoch_start", "on_test_epoch_end",
+    "on_predict_epoch_start", "on_predict_epoch_end", "on_validation_batch_start", "on_validation_batch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start", "on_predict_batch_end", "on_train_start",
+    "on_train_end", "on_validation_start", "on_validation_end", "on_test_start", "on_test_end", "on_predict_start",
+    "on_predict_end", "on_exception", "on_save_checkpoint", "on_load_checkpoint", "on_before_backward",
+    "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+)  # fmt: skip
+
+
+def _porting_bullet(label: str) -> str:
+    """The text of the porting guide's "does not have" bullet that starts with ``- **label**``."""
+    text = (DOCS / "porting.md").read_text(encoding="utf-8")
+    match = re.search(rf"^- \*\*{re.escape(label)}\*\*(.*?)(?=^- |^#|\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match is not None, f"porting.md has no bullet starting with **{label}**"
+    return match[1]
+
+
+def test_callback_has_every_lightning_hook_and_the_guide_says_which_it_adds() -> None:
+    from prec.callbacks import CALLBACK_HOOKS
+
+    assert set(CALLBACK_HOOKS) - set(LIGHTNING_CALLBACK_HOOKS) == {"on_train_epoch_completed"}
+    assert set(LIGHTNING_CALLBACK_HOOKS) <= set(CALLBACK_HOOKS)
+    assert "plus `on_train_epoch_completed`" in (DOCS / "porting.md").read_text(encoding="utf-8")
+
+
+def test_the_api_reference_lists_every_public_trainer_member() -> None:
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    match = re.search(r"^::: prec\.trainer\.Trainer\n\s+options:\n\s+members: \[(?P<members>[^\]]*)\]", text, re.M)
+    assert match is not None, "api.md lists the Trainer's members explicitly"
+    listed = [name.strip() for name in match["members"].split(",")]
+    public = {name for name in vars(prec.Trainer) if not name.startswith("_")}
+    assert set(listed) == public, f"missing: {public - set(listed)}; not on the Trainer: {set(listed) - public}"
+
+
+def test_the_trainer_documents_every_argument() -> None:
+    import inspect
+
+    documented = set(re.findall(r"^        (\w+):", prec.Trainer.__doc__ or "", re.MULTILINE))
+    arguments = {name for name in inspect.signature(prec.Trainer).parameters if name != "unknown"}
+    assert documented == arguments
+
+
+@pytest.mark.usefixtures("clean_prec")
+def test_the_trainer_arguments_the_guide_says_prec_lacks_are_refused_by_name() -> None:
+    names = re.findall(r"`(\w+)`", _porting_bullet("Trainer arguments"))
+    assert len(names) >= 10, names
+    for name in set(names) - {"LEFT_OUT"}:
+        with pytest.raises(prec.ConfigurationError, match=name):
+            prec.Trainer(accelerator="cpu", **{name: None})
+
+
+def test_the_module_attributes_the_guide_says_prec_lacks_are_absent() -> None:
+    from prec.hooks import UNCALLED_MODULE_HOOKS
+
+    bullet = _porting_bullet("On the module")
+    names = re.findall(r"`self\.(\w+)(?:\([^`]*\))?`", bullet)
+    assert len(names) >= 10, names
+    assert [name for name in names if hasattr(prec.TrainingModule, name)] == []
+    for hook in ("backward", "configure_callbacks", "configure_sharded_model"):  # refused when overridden
+        assert f"`{hook}`" in bullet and hook in UNCALLED_MODULE_HOOKS, hook
 
 
 # -- the site ---------------------------------------------------------------------------------------------------

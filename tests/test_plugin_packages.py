@@ -4,11 +4,19 @@ One venv (layered over the current environment, so torch is not reinstalled) hol
 import, one that raises inside a hook, two that register the same keys, and two distributions that publish the
 same entry-point name. A single script run inside it builds the registry under each environment-variable setting
 and trains; the tests below read its JSON report.
+
+The last tests check the metadata every published package (prec-core and each plugin under plugins/) shows on a
+package index, as the build backend writes it: the project links, the license, the classifiers, and a README whose
+links work outside this repository.
 """
 
 from __future__ import annotations
 
+import email
 import json
+import re
+from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -323,3 +331,93 @@ def test_trace_goes_to_stderr(report: dict[str, Any]) -> None:
     assert "prec: loaded plugin 'toy' from prec-toy-good (prec_toy_good) in" in trace
     assert "prec: calling prec_register_precisions of plugin 'toy'" in trace
     assert "prec:   toy registers precision 'toy-mixed@cpu' (priority 0)" in trace
+
+
+# -- the published packages' metadata ---------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = sorted(
+    path.parent for path in [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("plugins/*/pyproject.toml")]
+)
+REPOSITORY = "https://github.com/prec-dev/prec"
+DOCUMENTATION = "https://prec-dev.github.io/prec"
+LICENSE = "Apache-2.0"
+# Fenced blocks and inline code are not links; what is left is searched for every way Markdown and HTML link.
+CODE = re.compile(r"^(```|~~~).*?^\1[ \t]*$|`[^`\n]*`", re.MULTILINE | re.DOTALL)
+LINK_TARGETS = (
+    re.compile(r"\]\(\s*<?([^)\s>]+)"),  # [text](target), ![alt](target)
+    re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE),  # [label]: target
+    re.compile(r"\b(?:href|src)\s*=\s*[\"']([^\"']+)", re.IGNORECASE),  # <a href=...>, <img src=...>
+)
+
+
+def core_metadata(project: Path) -> Message:
+    """The METADATA the build backend writes into the wheel (what an index shows), parsed."""
+    pytest.importorskip("hatchling", reason="hatchling (every package's build backend) builds the metadata")
+    from hatchling.metadata.core import ProjectMetadata
+    from hatchling.metadata.spec import DEFAULT_METADATA_VERSION, get_core_metadata_constructors
+    from hatchling.plugin.manager import PluginManager
+
+    metadata = ProjectMetadata(str(project), PluginManager())
+    text = get_core_metadata_constructors()[DEFAULT_METADATA_VERSION](metadata)
+    return email.message_from_string(text)
+
+
+def readme_links(text: str) -> list[str]:
+    prose = CODE.sub("", text)
+    return [match for pattern in LINK_TARGETS for match in pattern.findall(prose)]
+
+
+def test_every_package_is_checked() -> None:
+    names = {project.name for project in PACKAGES}
+    assert names >= {"prec-core", "prec-cpu", "prec-cuda", "prec-xla", "prec-double", "prec-torchao"}, names
+
+
+@pytest.mark.parametrize("project", PACKAGES, ids=lambda path: path.name)
+def test_package_links_point_at_the_repository_and_the_docs(project: Path) -> None:
+    urls = dict(entry.split(", ", 1) for entry in core_metadata(project).get_all("Project-URL", []))
+    assert urls == {
+        "Homepage": REPOSITORY,
+        "Documentation": DOCUMENTATION,
+        "Source": f"{REPOSITORY}/tree/main/{project.relative_to(ROOT).as_posix()}",
+        "Issues": f"{REPOSITORY}/issues",
+        "Changelog": f"{REPOSITORY}/blob/main/CHANGELOG.md",
+    }
+    assert (ROOT / "CHANGELOG.md").is_file()  # the Changelog link's target
+
+
+@pytest.mark.parametrize("project", PACKAGES, ids=lambda path: path.name)
+def test_package_license_and_classifiers(project: Path) -> None:
+    metadata = core_metadata(project)
+    assert metadata["License-Expression"] == LICENSE
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert (project / "LICENSE").read_text(encoding="utf-8") == (ROOT / "LICENSE").read_text(encoding="utf-8")
+    classifiers = metadata.get_all("Classifier", [])  # unknown ones already failed above: the backend refuses them
+    assert "Programming Language :: Python :: 3" in classifiers
+    # A license expression replaces the License classifiers, which indexes refuse next to it.
+    assert not [c for c in classifiers if c.startswith("License ::")], classifiers
+
+
+@pytest.mark.parametrize("project", PACKAGES, ids=lambda path: path.name)
+def test_package_readme_links_are_absolute(project: Path) -> None:
+    """An index renders the README away from this repository, where a relative link or image is broken."""
+    metadata = core_metadata(project)
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    readme = metadata.get_payload()
+    assert readme.strip() == (project / "README.md").read_text(encoding="utf-8").strip()
+    relative = [target for target in readme_links(readme) if not target.startswith("https://")]
+    assert not relative, f"{project.name}/README.md links to {relative}: use absolute https URLs"
+
+
+def test_readme_links_are_found_however_they_are_written() -> None:
+    text = "\n".join(
+        [
+            "[a](../a.md) and ![b](img/b.png), <img src=\"e.png\"> <a href='#f'>f</a>",
+            "[c]: docs/c.md",
+            "  [d]: <https://d.example>",
+            "`[not](a-link)` is code, and so is this block:",
+            "```python",
+            "x = y[0](z)",
+            "```",
+        ]
+    )
+    assert sorted(readme_links(text)) == ["#f", "../a.md", "docs/c.md", "e.png", "https://d.example", "img/b.png"]

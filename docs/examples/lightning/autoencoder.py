@@ -1,5 +1,5 @@
-"""Lightning's README autoencoder, ported: only the imports and base-class names changed (MNIST replaced by
-synthetic 28x28 images so it runs offline in seconds).
+"""Lightning's README autoencoder with a test step added, ported: only the imports and base-class names changed
+(MNIST replaced by synthetic 28x28 images so it runs offline in seconds).
 
 python docs/examples/lightning/autoencoder.py
 """

@@ -1,5 +1,6 @@
 """Lightning's backbone image classifier with a DataModule, ported: only the imports and base-class names
-changed (MNIST replaced by synthetic 28x28 images in two classes so it runs offline in seconds).
+changed (MNIST replaced by synthetic 28x28 images in two classes so it runs offline in seconds, and Lightning's
+LightningCLI, which prec does not have, replaced by the Trainer calls it makes).
 
 python docs/examples/lightning/image_classifier.py
 """
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset, random_split
 
 import prec as L  # was: import lightning as L
+from prec import ModelCheckpoint  # was: from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class Backbone(torch.nn.Module):
@@ -74,7 +76,7 @@ class MyDataModule(L.DataModule):  # was: L.LightningDataModule
         generator = torch.Generator().manual_seed(0)
         labels = torch.randint(0, 2, (640,), generator=generator)
         images = torch.rand(640, 1, 28, 28, generator=generator) * 0.5 + labels.view(-1, 1, 1, 1) * 0.5
-        dataset = TensorDataset(images, labels)  # was: MNIST(...)
+        dataset = TensorDataset(images, labels)  # instead of MNIST(...)
         self.mnist_test, self.mnist_predict = dataset, dataset
         self.mnist_train, self.mnist_val = random_split(dataset, [512, 128], generator=generator)
 
@@ -91,9 +93,11 @@ class MyDataModule(L.DataModule):  # was: L.LightningDataModule
         return DataLoader(self.mnist_predict, batch_size=self.batch_size)
 
 
+# Lightning's example starts with LightningCLI(LitClassifier, MyDataModule, ...), which prec does not have; these
+# are the calls it makes.
 model = LitClassifier(learning_rate=1e-3)
 dm = MyDataModule()
-trainer = L.Trainer(max_epochs=2, callbacks=[L.ModelCheckpoint(monitor="valid_loss")])
+trainer = L.Trainer(max_epochs=2, callbacks=[ModelCheckpoint(monitor="valid_loss")])
 trainer.fit(model, datamodule=dm)
 trainer.test(ckpt_path="best", datamodule=dm)
 predictions = trainer.predict(ckpt_path="best", datamodule=dm)

@@ -98,6 +98,7 @@ class MetricStore:
             self.step_values[step_key] = value
             if step_key is not name:
                 self.step_values[name] = value
+                self.epoch_results.pop(name, None)  # the plain name is this epoch's step value again, not the last mean
             if logger:
                 self.pending[step_key] = value
             if prog_bar:
