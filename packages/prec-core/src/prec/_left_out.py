@@ -63,5 +63,7 @@ LEFT_OUT: Mapping[str, str] = MappingProxyType(
         "max_time": "prec has no wall-clock limit; use a Callback that sets trainer.should_stop = True at the"
         " deadline.",
         "model_registry": "prec has no model registry integration; upload the checkpoint files yourself.",
+        "enable_autolog_hparams": "prec logs hyperparameters when the module calls self.save_hyperparameters();"
+        " to log other values, call logger.log_hyperparams({...}) yourself.",
     }
 )
