@@ -168,16 +168,20 @@ def test_plain_script_launch_refuses_to_rerun_pytest() -> None:
     assert "RANK" not in os.environ and not torch.distributed.is_initialized()
 
 
-def test_manual_optimization_is_refused_under_ddp() -> None:
+def test_manual_optimization_refuses_a_static_graph_under_ddp() -> None:
+    """Manual optimization runs under ddp (tests/test_distributed_manual.py); a static graph cannot: its first
+    backward is reduced through DDP's output, which manual_backward runs before. Refused before DDP is built."""
+
     class Manual(Tiny):
         def __init__(self) -> None:
             super().__init__()
             self.automatic_optimization = False
 
     trainer = prec.Trainer(accelerator="cpu", strategy="ddp", devices=1)
-    trainer.strategy._stage = "fit"
-    with pytest.raises(ConfigurationError, match=r"does not support manual optimization"):
-        trainer.strategy.setup_module(Manual())
+    strategy = DDPStrategy(trainer.accelerator, [0], trainer.precision_plugin, static_graph=True)
+    strategy._stage = "fit"
+    with pytest.raises(ConfigurationError, match=r"static_graph=True cannot train with manual optimization"):
+        strategy.setup_module(Manual())
 
 
 def test_fsdp_policy_follows_the_precision() -> None:

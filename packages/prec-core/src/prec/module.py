@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -200,13 +201,18 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         :meth:`untoggle_optimizer`."""
         optimizer = getattr(optimizer, "optimizer", optimizer)
         own = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        frozen = {
+            id(param): param
+            for other in self.trainer.optimizers
+            for group in other.param_groups
+            for param in group["params"]
+            if id(param) not in own
+        }
+        _refuse_gathered(self, frozen.values())
         saved: dict[int, bool] = {}
-        for other in self.trainer.optimizers:
-            for group in other.param_groups:
-                for param in group["params"]:
-                    if id(param) not in own and id(param) not in saved:
-                        saved[id(param)] = param.requires_grad
-                        param.requires_grad = False
+        for key, param in frozen.items():
+            saved[key] = param.requires_grad
+            param.requires_grad = False
         self.__dict__["_prec_toggled"] = saved
 
     def untoggle_optimizer(self, optimizer: Any) -> None:
@@ -270,9 +276,23 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         return schedulers[0] if len(schedulers) == 1 else schedulers
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward through the precision (scaled under a grad scaler). Use instead of ``loss.backward()``."""
+        """Backward through the precision (scaled under a grad scaler). Use instead of ``loss.backward()``: under
+        ddp/fsdp the strategy prepares gradient synchronisation for it first (see :meth:`no_backward_sync`)."""
         trainer = self.trainer
+        loss = trainer.strategy.pre_backward(loss, trainer.state.wrapped_model)
         trainer.precision_plugin.backward(loss, trainer.model, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, enabled: bool = True) -> Iterator[None]:
+        """Keep the gradients of the ``manual_backward`` calls inside on this process (``enabled=False``: a no-op),
+        for accumulating micro-batches by hand: they are synchronised once, by the first backward outside it,
+        before ``opt.step()``. Under ddp this is DDP's ``no_sync``, under fsdp ``set_requires_gradient_sync``."""
+        if not enabled:
+            yield
+            return
+        trainer = self.trainer
+        with trainer.strategy.no_gradient_sync(trainer.state.wrapped_model):
+            yield
 
     def clip_gradients(
         self,
@@ -282,6 +302,25 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
     ) -> Tensor | None:
         """Clip ``optimizer``'s gradients (unscaled first under a grad scaler); returns the total norm."""
         return self.trainer.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def _refuse_gathered(module: TrainingModule, params: Iterable[Tensor]) -> None:
+    """Sharded (DTensor) parameters the module does not hold now are gathered copies (FSDP's root unit during a
+    step): a ``requires_grad`` set on the shard would not reach the copy the module computes with."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    sharded = [param for param in params if isinstance(param, DTensor)]
+    holds = {id(param) for param in module.parameters()} if sharded else set()
+    if any(id(param) not in holds for param in sharded):
+        raise ConfigurationError(
+            f"toggle_optimizer() under strategy={module.trainer.strategy.name!r}: the module computes with gathered"
+            " copies of the optimizer's sharded parameters, which requires_grad set on the shards does not reach."
+            " Detach what another optimizer's loss must not train (e.g. fake.detach()) and zero each optimizer's"
+            " gradients before its backward, shard the submodules it trains as their own units (shard_modules),"
+            " or use strategy='ddp'."
+        )
 
 
 def unwrap_compiled(stage: str, model: Any) -> TrainingModule:

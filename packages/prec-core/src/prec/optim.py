@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,21 @@ class ManualOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @contextlib.contextmanager
+    def toggle_model(self, sync_grad: bool = True) -> Iterator[None]:
+        """Lightning's idiom: inside, only this optimizer's parameters require gradients (``toggle_optimizer``),
+        and with ``sync_grad=False`` the backward calls keep their gradients on this process
+        (``TrainingModule.no_backward_sync``): for the micro-batches before the one that steps."""
+        model = self._trainer.model
+        if model is None:
+            raise RuntimeError("toggle_model() needs the Trainer's model: call it inside training_step.")
+        with model.no_backward_sync(enabled=not sync_grad):
+            model.toggle_optimizer(self)
+            try:
+                yield
+            finally:
+                model.untoggle_optimizer(self)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.optimizer, name)

@@ -97,6 +97,12 @@ class Strategy:
         gradients stay local, and are synchronised once, by the last micro-batch's backward."""
         yield
 
+    def pre_backward(self, tensor: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+        """Called by ``manual_backward`` (manual optimization) just before its backward, with the set-up module:
+        the backward runs inside ``training_step``, so a wrapper that prepares gradient synchronisation in its
+        forward prepares it here. Returns the tensor to run backward from."""
+        return tensor
+
     def batch_to_device(self, batch: Any) -> Any:
         from prec.precision.base import apply_to_tensors
 

@@ -8,6 +8,13 @@ a plain script with ``devices=N > 1``, from prec re-running the script N-1 times
 Precision under DDP: autocast runs per rank. A grad scaler is swapped for torch's ``ShardedGradScaler`` (same
 state, same checkpoint format), whose inf/NaN check is all-reduced: all ranks skip the same steps and keep the
 same scale even when a non-finite gradient appears on one rank only after DDP's all-reduce (a hook, a clip).
+
+Manual optimization: ``manual_backward`` runs inside ``training_step``, before DDP's forward would have prepared
+its reducer. So DDP's forward runs first on an empty step (buffers broadcast, buckets rebuilt; inside ``no_sync``,
+so it expects no backward), ``training_step`` runs on the module, and each ``manual_backward`` prepares DDP's
+reducer for its own backward (:meth:`DDPStrategy.pre_backward`), unless DDP's ``no_sync`` is active: then the
+gradients stay local. ``find_unused_parameters`` defaults to True there (a loss may reach only some parameters:
+one optimizer's in a GAN); ``static_graph`` cannot work (its first backward is deferred to DDP's output).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from prec.distributed.environment import (
 from prec.distributed.rendezvous import join_store
 from prec.distributed.rendezvous import rendezvous_timeout as resolve_rendezvous_timeout
 from prec.errors import ConfigurationError
+from prec.hooks import step_caller
 from prec.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -49,13 +57,23 @@ _NARROW = (torch.float16, torch.bfloat16)  # reduced in float32, returned in the
 
 class StepForward(torch.nn.Module):
     """Routes ``forward(name, *args)`` to ``module.<name>(*args)``: the step then runs inside the wrapper's
-    forward, where DDP prepares its gradient reducer and FSDP gathers the root's parameters."""
+    forward, where DDP prepares its gradient reducer and FSDP gathers the root's parameters.
+
+    ``name=None`` runs nothing: the wrapper's own work before a step that runs outside it (manual optimization).
+    ``name=ANCHOR`` returns a zero like ``args[0]`` that requires grad: added to a loss, it carries the wrapper's
+    pre-backward hook into that loss's backward."""
+
+    ANCHOR = "__backward_anchor__"
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, name: str | None, *args: Any, **kwargs: Any) -> Any:
+        if name is None:
+            return None
+        if name == self.ANCHOR:
+            return torch.zeros_like(args[0]).requires_grad_()
         return getattr(self.module, name)(*args, **kwargs)
 
 
@@ -99,6 +117,7 @@ class DDPStrategy(Strategy):
         self._launcher: LocalLauncher | None = None
         self._original_scaler: torch.amp.GradScaler | None = None
         self._stage: str | None = None
+        self._manual = False  # this run trains with manual optimization (set by setup_module)
         self._train_epoch: int | None = None  # set by on_train_epoch_start
         self._epochs_started = 0
         self._env = self._describe_job()
@@ -215,12 +234,8 @@ class DDPStrategy(Strategy):
 
     # -- model and data -------------------------------------------------------------------------------------
     def _check_optimization(self, module: torch.nn.Module) -> None:
-        if self._stage == "fit" and not getattr(module, "automatic_optimization", True):
-            raise ConfigurationError(
-                f"strategy={self.name!r} does not support manual optimization yet: manual_backward runs inside"
-                " training_step, before the distributed wrapper can prepare gradient synchronisation. Use"
-                " automatic optimization under this strategy."
-            )
+        """Note whether this run is a fit with manual optimization (see the module docstring)."""
+        self._manual = self._stage == "fit" and not getattr(module, "automatic_optimization", True)
 
     @override
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -228,14 +243,41 @@ class DDPStrategy(Strategy):
         module = module.to(self.root_device)
         if not any(parameter.requires_grad for parameter in module.parameters()):
             return module  # nothing to synchronise: evaluation of a frozen model
+        options = dict(self.ddp_options)
+        if self._manual:
+            if options.get("static_graph"):
+                raise ConfigurationError(
+                    f"strategy={self.name!r} with static_graph=True cannot train with manual optimization"
+                    f" ({type(module).__name__}.automatic_optimization is False): a static graph's first backward"
+                    " is reduced through DDP's output, which manual_backward runs before. Leave static_graph unset."
+                )
+            options.setdefault("find_unused_parameters", True)
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        return DistributedDataParallel(StepForward(module), device_ids=device_ids, **self.ddp_options)
+        return DistributedDataParallel(StepForward(module), device_ids=device_ids, **options)
 
     @override
     def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
         if name == "training_step" and isinstance(wrapped, DistributedDataParallel):
+            if self._manual:
+                return functools.partial(_manual_step, wrapped, step_caller(getattr(module, name)))
             return functools.partial(wrapped, name)
         return getattr(module, name)
+
+    @override
+    def pre_backward(self, tensor: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+        """Prepare DDP's reducer for the backward ``manual_backward`` is about to run, as DDP's forward does for
+        the backward after it; inside DDP's ``no_sync`` nothing is prepared and the gradients stay local."""
+        if not (self._manual and isinstance(module, DistributedDataParallel)):
+            return tensor
+        if torch.is_grad_enabled() and module.require_backward_grad_sync:
+            module.require_forward_param_sync = True  # the next step's forward broadcasts the buffers again
+            reducer = module.reducer
+            # torch's reducer API, called as DDP's forward calls it: rebuild the buckets once, in the gradient
+            # order the first backward recorded (and fail clearly if the last backward left a reduction open).
+            reducer._rebuild_buckets()
+            search = module.find_unused_parameters and not module.static_graph
+            reducer.prepare_for_backward([tensor] if search else [])
+        return tensor
 
     @override
     def setup_dataloader(self, dataloader: Any) -> Any:
@@ -323,6 +365,15 @@ class DDPStrategy(Strategy):
             f"{type(self).__name__}(accelerator={self.accelerator.name!r}, devices={self.devices},"
             f" num_nodes={self.num_nodes}, rank={self.global_rank}/{self.world_size})"
         )
+
+
+def _manual_step(ddp: DistributedDataParallel, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A manual-optimization ``training_step``: DDP's per-step work in its forward (buffers broadcast, buckets
+    rebuilt) on an empty step that expects no backward, then the step on the module, outside DDP's forward, so
+    that DDP's forward cannot prepare a backward that ``manual_backward`` has already run."""
+    with ddp.no_sync():
+        ddp(None)
+    return step(*args, **kwargs)
 
 
 def _destroy_process_group() -> None:

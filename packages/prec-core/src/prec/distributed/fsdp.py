@@ -14,6 +14,12 @@ Sharding: ``configure_model`` is the place to shard (``fully_shard(block, mp_pol
 classes, or a predicate) shards matching submodules automatically. Under FSDP the user's module holds DTensor
 shards after setup; :meth:`FSDPStrategy.module_state_dict` gathers the full tensors (a collective: call it on
 every rank).
+
+Manual optimization: ``training_step`` runs after an empty forward of the root (which gathers the root unit's
+parameters), not inside it, so that each ``manual_backward`` is a backward of its own: the loss carries the root's
+pre-backward hook (:meth:`FSDPStrategy.pre_backward`) and the backward ends with FSDP's post-backward
+reduce-scatter. The root unit stays gathered through the step (a second forward after a backward sees its
+weights); every optimizer step gathers it again from the updated shards.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing_extensions import override
 
 from prec.distributed.ddp import DDPStrategy, StepForward, unwrap
 from prec.errors import ConfigurationError
+from prec.hooks import step_caller
 from prec.precision import MixedPrecision
 from prec.precision.policy import fsdp_policy_groups
 
@@ -80,6 +87,7 @@ class FSDPStrategy(DDPStrategy):
         root = module.__dict__.get(_ROOT_ATTRIBUTE)
         if isinstance(root, StepForward):  # sharded by an earlier run (fit, then validate): shard only once
             self._root = root
+            self._keep_root_gathered(root)
             return root
         meta = [name for name, parameter in module.named_parameters() if parameter.is_meta]
         if meta:
@@ -103,14 +111,36 @@ class FSDPStrategy(DDPStrategy):
         fully_shard(root, **options)
         module.__dict__[_ROOT_ATTRIBUTE] = root  # plain attribute: not a submodule, no reference cycle in modules()
         self._root = root
+        self._keep_root_gathered(root)
         return root
+
+    def _keep_root_gathered(self, root: torch.nn.Module) -> None:
+        """Under manual optimization the root unit stays gathered after its empty forward and after each backward
+        (the step runs forward on it, and may again after a backward); otherwise as configured."""
+        if isinstance(root, FSDPModule):
+            root.set_reshard_after_forward(self.reshard_after_forward and not self._manual, recurse=False)
+            root.set_reshard_after_backward(not self._manual, recurse=False)
 
     @override
     def step_function(self, wrapped: torch.nn.Module, module: torch.nn.Module, name: str) -> Callable[..., Any]:
-        """Every step runs inside the root's forward, where FSDP gathers the root unit's parameters."""
+        """Every step runs inside the root's forward, where FSDP gathers the root unit's parameters; a manual
+        ``training_step`` runs after it (see the module docstring)."""
         if isinstance(wrapped, StepForward):
+            if name == "training_step" and self._manual:
+                return functools.partial(_gathered_step, wrapped, step_caller(getattr(module, name)))
             return functools.partial(wrapped, name)
         return getattr(module, name)
+
+    @override
+    def pre_backward(self, tensor: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+        """Add a zero from the root's forward to the loss: its backward then runs FSDP's pre-backward hook and
+        ends with FSDP's post-backward (every unit's gradients reduce-scattered, or kept while
+        :meth:`no_gradient_sync` is active)."""
+        if not (self._manual and isinstance(module, StepForward) and torch.is_grad_enabled()):
+            return tensor
+        # The anchor's input is detached: FSDP must not register a post-backward on the loss (it would fire first).
+        anchor = module(StepForward.ANCHOR, tensor.detach())
+        return tensor + anchor.to(tensor.dtype)
 
     @override
     @contextlib.contextmanager
@@ -128,9 +158,20 @@ class FSDPStrategy(DDPStrategy):
 
     @override
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Let ``optimizer.load_state_dict`` take a full (single-process) state: each rank keeps its shards."""
+        """Let ``optimizer.load_state_dict`` take a full (single-process) state: each rank keeps its shards. Under
+        manual optimization each step also gathers the root unit again from its updated shards."""
         optimizer.register_load_state_dict_pre_hook(_shard_full_optimizer_state)
+        if self._manual:
+            optimizer.register_step_post_hook(self._regather_root)
         return optimizer
+
+    def _regather_root(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """The gathered root holds the weights from before the step: reshard (free it), gather the new ones.
+        Gathering also copies the shards' ``requires_grad`` onto the gathered parameters."""
+        root = self._root
+        if isinstance(root, FSDPModule):
+            root.reshard()
+            root.unshard()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     @override
@@ -201,6 +242,13 @@ class FSDPStrategy(DDPStrategy):
                     value.to_local().copy_(shard.to_local())
                 elif isinstance(value, torch.Tensor):
                     value.copy_(full)
+
+
+def _gathered_step(root: StepForward, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A manual-optimization ``training_step``: the root's forward on an empty step (FSDP gathers the root unit,
+    and the first time makes the root FSDP's root), then the step on the module."""
+    root(None)
+    return step(*args, **kwargs)
 
 
 def _shard_full_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
