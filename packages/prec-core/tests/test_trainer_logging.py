@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,34 @@ def test_log_rejects_non_scalars() -> None:
 
     with pytest.raises(ValueError, match="needs a scalar"):
         prec.Trainer(accelerator="cpu", max_steps=1, enable_progress_bar=False, logger=False).fit(Bad(), make_loader())
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("rank_zero_only", "pass sync_dist=False"),
+        ("sync_dist_group", "torch.distributed.all_reduce"),
+        ("enable_graph", "without their autograd graph"),
+        ("add_dataloader_idx", "put the index in the name"),
+        ("metric_attribute", "metric.compute()"),
+        ("prog_barr", "unknown argument 'prog_barr'; it takes prog_bar"),
+    ],
+)
+def test_lightning_log_arguments_prec_leaves_out_say_what_to_do(argument: str, message: str) -> None:
+    class Logs(prec.TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self.layer(batch).pow(2).mean()
+            self.log("loss", loss, **{argument: True})
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = prec.Trainer(accelerator="cpu", max_steps=1, enable_progress_bar=False, logger=False,
+                           enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(prec.ConfigurationError, match=re.escape(message)):
+        trainer.fit(Logs(), [torch.randn(4, 2)])

@@ -245,6 +245,7 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         sync_dist: bool | None = None,
         reduce_fx: str = "mean",
         batch_size: int | None = None,
+        **unsupported: Any,
     ) -> None:
         """Record a metric: it appears in ``trainer.callback_metrics``, the metrics file and (``prog_bar``) the
         progress bar. In training steps ``on_step`` defaults to True and ``on_epoch`` to False; in evaluation
@@ -254,7 +255,10 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         ``"min"``); the mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
         processes epoch values are reduced across ranks at the epoch's end (``sync_dist=False``: kept per rank);
         ``sync_dist=True`` also reduces each step value, a collective per call. Otherwise this costs a
-        dictionary write: nothing is synchronised with the device here."""
+        dictionary write: nothing is synchronised with the device here. Lightning's other arguments are a
+        :class:`~prec.ConfigurationError` saying what to do instead (:data:`LOG_ARGUMENTS_LEFT_OUT`)."""
+        if unsupported:
+            _refuse_log_arguments(name, unsupported)
         self.__dict__["_prec_trainer"].state.metrics.log(
             name, value, prog_bar, on_step, on_epoch, logger, sync_dist, reduce_fx, batch_size
         )
@@ -302,6 +306,29 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
     ) -> Tensor | None:
         """Clip ``optimizer``'s gradients (unscaled first under a grad scaler); returns the total norm."""
         return self.trainer.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+#: ``self.log`` arguments of Lightning's that prec does not take, with what to do instead.
+LOG_ARGUMENTS_LEFT_OUT: Mapping[str, str] = {
+    "rank_zero_only": "prec's loggers write from global rank 0 already; to keep a value per rank instead of"
+    " reducing it across ranks, pass sync_dist=False.",
+    "sync_dist_group": "prec reduces across every process of the run; reduce over a subgroup yourself with"
+    " torch.distributed.all_reduce(value, group=...) and log the result.",
+    "enable_graph": "prec logs values without their autograd graph; keep the tensor yourself if you need it.",
+    "add_dataloader_idx": "prec does not suffix names by loader; put the index in the name yourself, e.g."
+    " self.log(f'val_loss/{dataloader_idx}', loss).",
+    "metric_attribute": "prec logs numbers and tensors, not torchmetrics objects; log metric.compute() at the"
+    " epoch's end (or the metric's forward value per step).",
+}
+
+
+def _refuse_log_arguments(name: str, unsupported: Mapping[str, Any]) -> None:
+    argument = next(iter(unsupported))
+    reason = LOG_ARGUMENTS_LEFT_OUT.get(argument)
+    if reason is None:
+        accepted = "prog_bar, on_step, on_epoch, logger, sync_dist, reduce_fx, batch_size"
+        raise ConfigurationError(f"self.log({name!r}, ...) got an unknown argument {argument!r}; it takes {accepted}.")
+    raise ConfigurationError(f"self.log({name!r}, ..., {argument}=...) is not supported: {reason}")
 
 
 def _refuse_gathered(module: TrainingModule, params: Iterable[Tensor]) -> None:
