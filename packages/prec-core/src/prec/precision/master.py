@@ -11,7 +11,8 @@ unit in the last place (``2**-9 * |w|``), so plain bf16-true silently drops smal
 ``"kahan"``
     The model's weights and the optimizer state stay bfloat16 between steps (as plain bf16-true); each step runs
     in float32 on working copies (:mod:`prec.precision.working_copies`), and what rounding the new weight to
-    bfloat16 drops is carried to the next step in a bfloat16 compensation buffer. +2 bytes per parameter.
+    bfloat16 drops is carried to the next step in a bfloat16 compensation buffer (itself rounded stochastically,
+    so what it cannot hold is not dropped the same way every step). +2 bytes per parameter.
 ``"stochastic"``
     As ``"kahan"``, but the new weight is rounded stochastically (unbiased: small updates land with the right
     probability) instead of compensated. No extra persistent bytes.
