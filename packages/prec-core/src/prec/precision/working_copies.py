@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["CHUNK_ELEMENTS", "WorkingCopyStepper", "stochastic_round"]
+__all__ = ["CHUNK_ELEMENTS", "WorkingCopyStepper", "round_into", "stochastic_round"]
 
 #: The most parameter elements given float32 working copies at once (64 MiB of float32 per copied tensor kind).
 CHUNK_ELEMENTS = 1 << 24
@@ -31,9 +31,27 @@ CHUNK_ELEMENTS = 1 << 24
 
 def stochastic_round(values: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Round float32 ``values`` to bfloat16 stochastically: up with probability equal to the dropped fraction."""
-    bits = values.view(torch.int32)
-    noise = torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
-    rounded = ((bits + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
+    return _round_with_noise(values, _noise(values, generator))
+
+
+def round_into(pairs: list[tuple[Tensor, Tensor]], generator: torch.Generator | None = None) -> None:
+    """Round each float32 source stochastically into its bfloat16 destination (``(source, destination)`` on one
+    device): the noise is drawn per source, in order, and the rounding is one pass over all of them."""
+    if not pairs:
+        return
+    sources = [source.reshape(-1) for source, _ in pairs]
+    noise = torch.cat([_noise(source, generator) for source in sources])
+    rounded = _round_with_noise(torch.cat(sources), noise)
+    for (_, destination), piece in zip(pairs, rounded.split([source.numel() for source in sources]), strict=True):
+        destination.copy_(piece.view(destination.shape))
+
+
+def _noise(values: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randint(0, 1 << 16, values.shape, dtype=torch.int32, device=values.device, generator=generator)
+
+
+def _round_with_noise(values: Tensor, noise: Tensor) -> Tensor:
+    rounded = ((values.view(torch.int32) + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
     return torch.where(torch.isfinite(values), rounded, values).to(torch.bfloat16)
 
 
@@ -121,32 +139,33 @@ class WorkingCopyStepper:
                 for index, param in enumerate(params):
                     if id(param) in back:
                         params[index] = back[id(param)]
+            to_round: list[tuple[Tensor, Tensor]] = []  # (float32 source, bfloat16 destination), local tensors
             for param, copy in copies:
-                self._write_weight(param, copy.detach())
+                self._write_weight(param, copy.detach(), to_round)
                 state = self.optimizer.state.pop(copy, None)
                 if state is None:
                     continue
                 keys = upcast_keys.get(id(copy))
                 self.optimizer.state[param] = {
-                    k: self._round_state(v) if _is_new_or_upcast(k, v, keys, copy) else v for k, v in state.items()
+                    k: self._state_destination(v, to_round) if _is_new_or_upcast(k, v, keys, copy) else v
+                    for k, v in state.items()
                 }
+            round_into(to_round, self.generator)
 
-    def _write_weight(self, param: Tensor, exact: Tensor) -> None:
+    def _write_weight(self, param: Tensor, exact: Tensor, to_round: list[tuple[Tensor, Tensor]]) -> None:
         compensation = self._compensation.get(id(param))
         if compensation is not None:
             param.copy_(exact)
             residual = exact - param.float()  # below half a unit in the weight's last place
-            _local(compensation).copy_(stochastic_round(_local(residual).contiguous(), self.generator))
+            to_round.append((_local(residual), _local(compensation)))
         else:
-            _local(param).copy_(stochastic_round(_local(exact), self.generator))
+            to_round.append((_local(exact), _local(param)))
 
-    def _round_state(self, value: Tensor) -> Tensor:
-        local = _local(value)
-        rounded = stochastic_round(local.contiguous(), self.generator)
-        if local is value:
-            return rounded
-        result = torch.empty_like(value, dtype=torch.bfloat16)  # a DTensor with ``value``'s layout under FSDP2
-        _local(result).copy_(rounded)
+    @staticmethod
+    def _state_destination(value: Tensor, to_round: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """The bfloat16 tensor that will hold ``value`` (a DTensor with its layout under FSDP2), queued for rounding."""
+        result = torch.empty_like(value, dtype=torch.bfloat16)
+        to_round.append((_local(value), _local(result)))
         return result
 
     def _closure(self, closure: Callable[[], Any], copies: list[tuple[Tensor, Tensor]]) -> Callable[[], Any]:
