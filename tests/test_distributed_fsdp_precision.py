@@ -11,18 +11,21 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+import prec
+
 pytestmark = pytest.mark.slow
 
 HANG_GUARD_S = 420  # the launch takes about 30 s here
 MODES = ("fp32", "kahan", "stochastic")
 
-WORKER = textwrap.dedent(
+MODEL = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
@@ -31,8 +34,6 @@ WORKER = textwrap.dedent(
     from torch.utils.data import DataLoader, TensorDataset
 
     import prec
-
-    out, modes = Path(sys.argv[1]), sys.argv[2].split(",")
 
 
     def data():
@@ -69,20 +70,25 @@ WORKER = textwrap.dedent(
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-    def fit(mode, max_epochs, ckpt_path=None):
+    def fit(mode, max_epochs, ckpt_path=None, out=None, strategy="fsdp"):
         model = Net()
         trainer = prec.Trainer(
-            accelerator="cpu", strategy="fsdp", devices=2, precision="bf16-true",
+            accelerator="cpu", strategy=strategy, devices=2 if strategy == "fsdp" else 1, precision="bf16-true",
             precision_options={"master_weights": mode, "keep_float32": [torch.nn.LayerNorm]},
             max_epochs=max_epochs, enable_progress_bar=False, enable_model_summary=False,
             enable_checkpointing=False, default_root_dir=out, logger=False,
         )
-        trainer.fit(model, DataLoader(data(), batch_size=4), ckpt_path=ckpt_path)
+        global_batch = 4 if strategy == "fsdp" else 8  # 2 ranks x 4, or one process on the global batch
+        trainer.fit(model, DataLoader(data(), batch_size=global_batch), ckpt_path=ckpt_path)
         return trainer, model
+    """
+)
 
-
+WORKER = MODEL + textwrap.dedent(
+    """
+    out, modes = Path(sys.argv[1]), sys.argv[2].split(",")
     for mode in modes:
-        trainer, model = fit(mode, 2)
+        trainer, model = fit(mode, 2, out=out)
         rank = trainer.global_rank
         optimizer = trainer.optimizers[0]
         info = {
@@ -95,17 +101,31 @@ WORKER = textwrap.dedent(
         (out / f"{mode}_rank{rank}.json").write_text(json.dumps(info))
         torch.save(trainer.strategy.module_state_dict(model), out / f"{mode}_rank{rank}.pt")
 
-        first, _ = fit(mode, 1)
+        first, _ = fit(mode, 1, out=out)
         first.save_checkpoint(out / f"{mode}_epoch1.ckpt")
-        resumed, model = fit(mode, 2, ckpt_path=out / f"{mode}_epoch1.ckpt")
+        resumed, model = fit(mode, 2, ckpt_path=out / f"{mode}_epoch1.ckpt", out=out)
         torch.save(resumed.strategy.module_state_dict(model), out / f"{mode}_resumed_rank{rank}.pt")
+        # The reverse: a single-process checkpoint (written by the test) resumes under FSDP.
+        from_single, model = fit(mode, 2, ckpt_path=out / f"{mode}_single_epoch1.ckpt", out=out)
+        torch.save(from_single.strategy.module_state_dict(model), out / f"{mode}_from_single_rank{rank}.pt")
     """
 )
+
+
+def _model() -> dict[str, Any]:
+    """The worker's model, data and fit, for the single-process runs."""
+    namespace: dict[str, Any] = {"__name__": "fsdp_precision_model"}
+    exec(MODEL, namespace)  # noqa: S102 - the worker's own definitions
+    return namespace
 
 
 @pytest.fixture(scope="module")
 def fsdp_precision_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fsdp_precision")
+    model = _model()
+    for mode in MODES:
+        trainer, _ = model["fit"](mode, 1, out=out, strategy="auto")
+        trainer.save_checkpoint(out / f"{mode}_single_epoch1.ckpt")
     script = out / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -167,3 +187,43 @@ def test_sharded_resume_is_exact(fsdp_precision_run: Path, mode: str) -> None:
     for rank in range(2):
         for key, value in uninterrupted[rank].items():
             assert torch.equal(value, resumed[rank][key]), (rank, key)
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_single_process_checkpoint_resumes_under_fsdp(fsdp_precision_run: Path, mode: str) -> None:
+    """The full float32 copies / compensation of one process go into each rank's shard of them."""
+    from_single = _load(fsdp_precision_run, f"{mode}_from_single")
+    trainer, model = _model()["fit"](mode, 2, ckpt_path=fsdp_precision_run / f"{mode}_single_epoch1.ckpt",
+                                      strategy="auto")  # fmt: skip
+    assert trainer.global_step == 16
+    for key, value in model.state_dict().items():
+        assert torch.equal(from_single[0][key], from_single[1][key]), key
+        # 2 ranks reduce bfloat16 gradients where one process computes them on the global batch.
+        torch.testing.assert_close(from_single[0][key].float(), value.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exported_sharded_checkpoint_resumes_in_one_process(
+    fsdp_precision_run: Path, tmp_path: Path, mode: str
+) -> None:
+    """export_full_checkpoint rebuilds the float32 copies / compensation from every rank's shard."""
+    from prec.distributed.sharded_checkpoint import export_full_checkpoint
+
+    exported = tmp_path / "full.ckpt"
+    export_full_checkpoint(fsdp_precision_run / f"{mode}_epoch1.ckpt", exported)
+    checkpoint = torch.load(exported, weights_only=True)
+    state = next(value for key, value in checkpoint.items() if isinstance(value, dict) and "master_weights" in value)
+    key = {"fp32": "masters", "kahan": "compensation"}.get(mode)
+    if key is not None:  # full tensors, shaped like the model's parameters
+        shapes = [tuple(t.shape) for t in state[key][0]]
+        net = _model()["Net"]()
+        assert shapes == [tuple(p.shape) for n, p in net.named_parameters() if not n.startswith("norm.")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", prec.PrecWarning)  # same mode: loads without a conversion warning
+        trainer, model = _model()["fit"](mode, 2, ckpt_path=exported, strategy="auto")
+    assert trainer.global_step == 16
+    uninterrupted = _load(fsdp_precision_run, mode)[0]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value.float(), uninterrupted[name].float(), rtol=3e-2, atol=3e-2)

@@ -186,8 +186,7 @@ class FSDPStrategy(DDPStrategy):
         and its own ``state``; nothing is gathered."""
         from prec.distributed.sharded_checkpoint import save_sharded
 
-        with self.precision.checkpoint_parameters(unwrap(module)):
-            save_sharded(path, unwrap(module), optimizers, state)
+        save_sharded(path, unwrap(module), optimizers, state, self.precision.checkpoint_parameters)
 
     @override
     def load_checkpoint(
@@ -201,12 +200,11 @@ class FSDPStrategy(DDPStrategy):
         from prec.checkpoint import read_checkpoint
         from prec.distributed.sharded_checkpoint import is_sharded_checkpoint, load_full_into_sharded, load_sharded
 
+        view = self.precision.checkpoint_parameters
         if is_sharded_checkpoint(path):
-            with self.precision.checkpoint_parameters(unwrap(module)):
-                return load_sharded(path, unwrap(module), optimizers)
+            return load_sharded(path, unwrap(module), optimizers, view)
         checkpoint = read_checkpoint(path) if self.is_global_zero else None
-        with self.precision.checkpoint_parameters(unwrap(module)):
-            load_full_into_sharded(checkpoint, unwrap(module), optimizers)
+        load_full_into_sharded(checkpoint, unwrap(module), optimizers, view)
         rest = {k: v for k, v in (checkpoint or {}).items() if k not in ("state_dict", "optimizer_states")}
         return self.broadcast(rest)
 

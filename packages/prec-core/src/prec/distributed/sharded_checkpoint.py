@@ -3,7 +3,8 @@
 A sharded checkpoint is a directory::
 
     .metadata, __<rank>_0.distcp   DCP's files: model and optimizer states, each rank writing its own shards
-    extras/rank<r>.pt              rank r's own state (loop counters, RNG, precision/scaler state ...)
+    extras/rank<r>.pt              rank r's own state (loop counters, RNG, precision/scaler state ...), its
+                                   DTensors (float32 copies, compensation) as plain local shards
     prec_sharded.json              format version, world size, and a SHA-256 of every file above
 
 It is written atomically: every rank writes into ``.<name>.tmp-<id>`` next to ``path``; when all are done, global
@@ -26,17 +27,27 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
+from prec.distributed.sharded_state import LAYOUT_KEY, assemble_full, localize
 from prec.errors import CheckpointError
 
+#: ``optimizer_view(module)``: a context in which ``module``'s parameters are the tensors the optimizers step
+#: (``Precision.checkpoint_parameters``): DCP names optimizer state by the module's parameters, found by identity.
+OptimizerView = Callable[[torch.nn.Module], contextlib.AbstractContextManager[None]]
 MANIFEST = "prec_sharded.json"
 SHARDED_FORMAT = 1
 _BACKUP_SUFFIX = ".old"
@@ -73,18 +84,21 @@ def save_sharded(
     module: torch.nn.Module,
     optimizers: Sequence[torch.optim.Optimizer],
     state: dict[str, Any],
+    optimizer_view: OptimizerView = lambda module: contextlib.nullcontext(),
 ) -> None:
     """Write ``module`` and ``optimizers`` (sharded, each rank its own shards) and this rank's ``state`` to the
     directory ``path`` atomically (see the module docstring). Every rank calls it with its own ``state``."""
     target = Path(path)
     staging = Path(_from_rank_zero(str(target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")))
-    model_state, optimizer_state = get_state_dict(module, list(optimizers))
-    payload: dict[str, Any] = {"model": model_state}
+    payload: dict[str, Any] = {"model": get_model_state_dict(module)}
     if optimizers:
-        payload["optim"] = optimizer_state
+        with optimizer_view(module):
+            payload["optim"] = get_optimizer_state_dict(module, list(optimizers))
     dcp.save(payload, checkpoint_id=str(staging))
+    plain, sharded_leaves = localize(state)  # DTensors in a rank's state are kept as plain local shards
     extras = {
-        **state,
+        **plain,
+        LAYOUT_KEY: sharded_leaves,
         "sharded": {"world_size": _world(), "optimizer_groups": [len(o.param_groups) for o in optimizers]},
     }
     _write_durably(extras, staging / "extras" / f"rank{_rank()}.pt")
@@ -98,7 +112,10 @@ def save_sharded(
 
 
 def load_sharded(
-    path: str | os.PathLike[str], module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]
+    path: str | os.PathLike[str],
+    module: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    optimizer_view: OptimizerView = lambda module: contextlib.nullcontext(),
 ) -> dict[str, Any]:
     """Load a sharded checkpoint into the set-up ``module`` and ``optimizers`` (none: weights only), on every rank;
     return this rank's ``state`` (rank 0's when the checkpoint was written by fewer ranks)."""
@@ -108,20 +125,21 @@ def load_sharded(
     if problem is not None:
         raise CheckpointError(problem)
     assert source is not None
-    model_state, optimizer_state = get_state_dict(module, list(optimizers))
-    payload: dict[str, Any] = {"model": model_state}
+    payload: dict[str, Any] = {"model": get_model_state_dict(module)}
     if optimizers:
-        payload["optim"] = optimizer_state
+        with optimizer_view(module):
+            payload["optim"] = get_optimizer_state_dict(module, list(optimizers))
     dcp.load(payload, checkpoint_id=str(source))
+    set_model_state_dict(module, payload["model"])
     if optimizers:
-        set_state_dict(module, list(optimizers), model_state_dict=payload["model"], optim_state_dict=payload["optim"])
-    else:
-        set_state_dict(module, [], model_state_dict=payload["model"], optim_state_dict={})
+        with optimizer_view(module):
+            set_optimizer_state_dict(module, list(optimizers), payload["optim"])
     extras_file = source / "extras" / f"rank{_rank()}.pt"
     if not extras_file.is_file():
         extras_file = source / "extras" / "rank0.pt"
     extras = torch.load(extras_file, map_location="cpu", weights_only=True)
     extras.pop("sharded", None)
+    extras.pop(LAYOUT_KEY, None)  # the shards in it load into the live DTensors (sharded_state.copy_into)
     return extras
 
 
@@ -142,7 +160,8 @@ def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.P
         full_file = Path(scratch) / "full.pt"
         dcp_to_torch_save(str(source), str(full_file))
         full = torch.load(full_file, map_location="cpu", weights_only=True)
-    extras = torch.load(source / "extras" / "rank0.pt", map_location="cpu", weights_only=True)
+    ranks = sorted(source.glob("extras/rank*.pt"), key=lambda file: int(file.stem.removeprefix("rank")))
+    extras = assemble_full([torch.load(file, map_location="cpu", weights_only=True) for file in ranks])
     layout = extras.pop("sharded")
     checkpoint = {**extras, "state_dict": full["model"]}
     checkpoint["optimizer_states"] = split_optimizer_state(full.get("optim"), layout["optimizer_groups"])
@@ -172,22 +191,25 @@ def split_optimizer_state(state: dict[str, Any] | None, groups_per_optimizer: li
 
 
 def load_full_into_sharded(
-    checkpoint: dict[str, Any] | None, module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]
+    checkpoint: dict[str, Any] | None,
+    module: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    optimizer_view: OptimizerView = lambda module: contextlib.nullcontext(),
 ) -> None:
     """Load a single-process checkpoint dict (read on rank 0 only; ``None`` elsewhere) into a sharded module and
     its optimizers: rank 0 broadcasts tensor by tensor and each rank keeps its shard."""
-    names = {id(parameter): name for name, parameter in module.named_parameters()}
-    model_state: dict[str, Any] = {}
-    optimizer_state: dict[str, Any] = {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     if _rank() == 0:
         assert checkpoint is not None
-        model_state = checkpoint["state_dict"]
-        if optimizers:
+    set_model_state_dict(module, checkpoint["state_dict"] if checkpoint is not None else {}, options=options)
+    if not optimizers:
+        return
+    with optimizer_view(module):
+        optimizer_state: dict[str, Any] = {}
+        if checkpoint is not None:
+            names = {id(parameter): name for name, parameter in module.named_parameters()}
             optimizer_state = name_keyed_optimizer_state(checkpoint.get("optimizer_states", []), optimizers, names)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_state_dict(
-        module, list(optimizers), model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
-    )
+        set_optimizer_state_dict(module, list(optimizers), optimizer_state, options=options)
 
 
 def name_keyed_optimizer_state(

@@ -178,11 +178,11 @@ class Precision:
         """Check an optimizer before training (e.g. LBFGS cannot run with a grad scaler)."""
 
     def checkpoint_parameters(self, module: torch.nn.Module) -> AbstractContextManager[None]:
-        """Context around reading or writing a sharded checkpoint of ``module`` and its optimizers.
+        """Context around reading or loading the optimizers' state of ``module`` for a sharded checkpoint.
 
         ``torch.distributed.checkpoint`` names optimizer state by the module's parameters, found by identity. A
         precision whose optimizer steps other tensors (bf16-true's float32 ``master_weights``) puts those in the
-        module meanwhile, so the checkpoint holds them and the state follows; the default does nothing.
+        module while the optimizer state is read or loaded; the default does nothing.
         """
         return nullcontext()
 

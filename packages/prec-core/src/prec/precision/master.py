@@ -35,6 +35,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec._warnings import warn
+from prec.distributed.sharded_state import copy_into
 from prec.errors import ConfigurationError, PrecWarning
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
@@ -128,8 +129,8 @@ class MasterWeightsPrecision(TruePrecision):
     @contextmanager
     def checkpoint_parameters(self, module: torch.nn.Module) -> Iterator[None]:
         """Under ``"fp32"``: the float32 copies stand in for the module's parameters, so a sharded checkpoint
-        saves and loads them (and the optimizer state keyed by them) at full precision; the 16-bit weights are
-        rewritten from them afterwards."""
+        names the optimizer state kept for them by the parameters' names (the copies themselves are saved with
+        this precision's state)."""
         masters = {id(param): master for pairs in self._pairs.values() for param, master in pairs}
         swapped: list[tuple[torch.nn.Module, str, Tensor]] = []
         for owner in module.modules():
@@ -143,8 +144,6 @@ class MasterWeightsPrecision(TruePrecision):
         finally:
             for owner, leaf, param in swapped:
                 owner.register_parameter(leaf, param)  # type: ignore[arg-type]
-            for pairs in self._pairs.values():
-                _write_back(pairs)
 
     # -- the step -----------------------------------------------------------------------------------------
     @override
@@ -257,13 +256,12 @@ class MasterWeightsPrecision(TruePrecision):
             for o in self._optimizers
         ]
         saved = state_dict[key]
-        shapes = [[tuple(t.shape) for t in group] for group in saved]
-        if shapes != [[tuple(t.shape) for t in group] for group in targets]:
+        if [len(group) for group in saved] != [len(group) for group in targets]:
             raise ConfigurationError(f"{self.name}: the saved {key} do not fit the optimizers' parameters.")
         with torch.no_grad():
             for group, saved_group in zip(targets, saved, strict=True):
                 for target, value in zip(group, saved_group, strict=True):
-                    target.copy_(value)  # type: ignore[union-attr]
+                    copy_into(target, value)  # type: ignore[arg-type]
             for pairs in self._pairs.values():
                 _write_back(pairs)
 
@@ -312,9 +310,11 @@ def _masters_to_compensation(
     with torch.no_grad():
         for optimizer, group in zip(optimizers, masters, strict=False):
             for (param, compensation), master in zip(buffers[id(optimizer)], group, strict=False):
-                param.copy_(master)
+                exact = torch.empty_like(param, dtype=torch.float32)
+                copy_into(exact, master)
+                param.copy_(exact)
                 if compensation is not None:
-                    compensation.copy_(master.to(param.device) - param.float())
+                    compensation.copy_(exact - param.float())
 
 
 def _compensation_to_masters(
@@ -323,7 +323,9 @@ def _compensation_to_masters(
     with torch.no_grad():
         for optimizer, group in zip(optimizers, compensation, strict=False):
             for (param, master), comp in zip(pairs[id(optimizer)], group, strict=False):
-                master.copy_(param.float() + comp.to(param.device).float())
+                residual = torch.empty_like(param)
+                copy_into(residual, comp)
+                master.copy_(param.float() + residual.float())
 
 
 def _local_device(tensor: Tensor) -> torch.device:
