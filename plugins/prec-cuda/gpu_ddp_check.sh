@@ -2,7 +2,9 @@
 # On a machine with CUDA GPUs: prec's distributed path for real on nccl. One process per GPU (torchrun), with
 #   - DDP and FSDP2 fits at bf16-mixed (devices = every GPU), replicas compared bit for bit;
 #   - the all-reduce count with 4 micro-batches per step under Strategy.no_gradient_sync (expected: 1 per step);
-#   - a sharded (torch.distributed.checkpoint) save -> load -> train that must equal an uninterrupted run.
+#   - a sharded (torch.distributed.checkpoint) save -> load -> train that must equal an uninterrupted run;
+#   - manual optimization under DDP with accumulation (replicas identical);
+#   - bf16-true master_weights ("fp32", "kahan") under FSDP2: sharded resume equal to an uninterrupted run.
 # Without a GPU it says so and exits 0. PYTHON selects the interpreter; results go to $OUT/gpu_ddp_check.json
 # when OUT is set, else to the working directory.
 #
@@ -111,11 +113,51 @@ net, opt = sharded()
 load_sharded(scratch / "ckpt", net, [opt]); train(net, opt, range(3, 6))
 resumed = {k: v.full_tensor() for k, v in net.state_dict().items()}
 report["sharded_resume_equal"] = all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+# manual optimization under ddp on nccl: accumulate 4 micro-batches per step with no_backward_sync
+class Manual(Model):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        stepping = (batch_idx + 1) % 4 == 0
+        with self.no_backward_sync(enabled=not stepping):
+            self.manual_backward(super().training_step(batch) / 4)
+        if stepping:
+            opt.step()
+            opt.zero_grad()
+
+trainer = prec.Trainer(accelerator="gpu", strategy="ddp", devices=world, precision="bf16-mixed", max_epochs=1,
+                       enable_progress_bar=False, logger=False, enable_checkpointing=False)
+manual = Manual()
+trainer.fit(manual, loader)
+state = {k: v.cpu() for k, v in trainer.strategy.module_state_dict(manual).items()}
+gathered = trainer.strategy.all_gather_object(state)
+report["manual_ddp_replicas_identical"] = all(torch.equal(g[k], gathered[0][k]) for g in gathered for k in state)
+
+# bf16-true master weights under fsdp: sharded save, resume, equal to the uninterrupted run
+for mode in ("fp32", "kahan"):
+    def fit(epochs, ckpt=None):
+        trainer = prec.Trainer(accelerator="gpu", strategy="fsdp", devices=world, precision="bf16-true",
+                               precision_options={"master_weights": mode}, max_epochs=epochs,
+                               enable_progress_bar=False, logger=False, enable_checkpointing=False)
+        model = Model()
+        trainer.fit(model, loader, ckpt_path=ckpt)
+        return trainer, {k: v.cpu() for k, v in trainer.strategy.module_state_dict(model).items()}
+    _, straight = fit(2)
+    first, _ = fit(1)
+    first.save_checkpoint(scratch / f"master_{mode}")
+    _, resumed = fit(2, scratch / f"master_{mode}")
+    report[f"fsdp_master_{mode}_resume_equal"] = all(torch.equal(straight[k], resumed[k]) for k in straight)
 if rank == 0:
     results_file.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 ok = report["ddp"]["replicas_identical"] and report["fsdp"]["replicas_identical"]
 ok = ok and report["allreduce_calls_per_step_with_accumulation_4"] == 1 and report["sharded_resume_equal"]
+ok = ok and report["manual_ddp_replicas_identical"]
+ok = ok and report["fsdp_master_fp32_resume_equal"] and report["fsdp_master_kahan_resume_equal"]
 sys.exit(0 if ok else 1)
 PY
 NPROC="$GPUS"
