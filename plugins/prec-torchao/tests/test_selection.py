@@ -17,6 +17,7 @@ def test_fp8_gpus_get_real_fp8(simulated_gpu, capability: tuple[int, int], name:
     plugin = prec.Trainer(accelerator="gpu", precision=name).precision_plugin
     assert type(plugin) is cls and plugin.device_type == "cuda" and plugin.compute_dtype == torch.bfloat16
     assert plugin.converter.emulate is False and plugin.converter.config.emulate is False
+    assert plugin.emulated is False  # real fp8 kernels: prec bench shows it as native
 
 
 @pytest.mark.parametrize("capability", [(7, 0), (8, 0), (8, 6)])
@@ -33,6 +34,7 @@ def test_emulation_on_an_older_gpu_is_explicit(simulated_gpu) -> None:
     simulated_gpu((8, 0))
     plugin = prec.get_precision("fp8-bf16-true", "cuda", emulate=True)
     assert plugin.converter.config.emulate is True
+    assert plugin.emulated is True  # the Precision contract says so, for prec bench's "native" column
 
 
 def test_emulation_needs_bfloat16_on_the_gpu(simulated_gpu) -> None:

@@ -201,8 +201,8 @@ def run_bench(
         torch.set_num_threads(previous_threads)
     results = []
     for name in chosen:
-        dtype = _compute_dtype(registry, name, accelerator)
-        native = accelerator.supports_dtype(dtype) if dtype is not None else None
+        dtype, emulated = _compute_dtype(registry, name, accelerator)
+        native = accelerator.supports_dtype(dtype) and not emulated if dtype is not None else None
         result = summarize(name, runs[name], native) if runs[name] else PrecisionResult(name, native=native)
         result.error = errors.get(name)
         results.append(result)
@@ -248,13 +248,15 @@ def noise(results: list[PrecisionResult]) -> dict[str, Any]:
     return {"noisy": single or bool(noisy), "reason": reason, "spread": spreads}
 
 
-def _compute_dtype(registry: Any, name: str, accelerator: Accelerator) -> torch.dtype | None:
+def _compute_dtype(registry: Any, name: str, accelerator: Accelerator) -> tuple[torch.dtype | None, bool]:
+    """The precision's compute dtype and whether it is emulated here, for the "native" column."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return registry.create_precision(name, accelerator).compute_dtype
+            precision = registry.create_precision(name, accelerator)
     except Exception:  # noqa: BLE001 - only used for the "native" column
-        return None
+        return None, False
+    return precision.compute_dtype, bool(precision.emulated)
 
 
 def machine_info() -> dict[str, Any]:

@@ -92,6 +92,11 @@ class _Float8Conversion:
     name: str
 
     @property
+    def emulated(self) -> bool:  # type: ignore[override] - a property over the base's class attribute
+        """fp8 matmuls emulated in float32 (``emulate``): real fp8 numerics, not fp8 speed."""
+        return self.converter.emulate
+
+    @property
     def conversion(self) -> ConversionReport:
         """What the last :meth:`convert_module` converted and why it kept the other Linear layers."""
         return self.converter.report

@@ -101,6 +101,9 @@ class Precision:
     #: The dtype :meth:`convert_output` gives floating outputs (``None``: they stay in the compute dtype).
     output_dtype: torch.dtype | None = torch.float32
     scaler: torch.amp.GradScaler | None = None
+    #: True where this precision's arithmetic is emulated in software on its accelerator (fp8 on a CPU): the
+    #: numerics are the real ones, the speed is not. ``prec bench`` shows such a precision as not native.
+    emulated: bool = False
     passthrough: ClassVar[frozenset[str]] = frozenset(PER_STEP_METHODS)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
