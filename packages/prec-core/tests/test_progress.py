@@ -47,7 +47,7 @@ def test_the_callback_draws_training_and_validation_on_stderr(capsys: pytest.Cap
     trainer = prec.Trainer(accelerator="cpu", max_epochs=2, logger=False, callbacks=[bar])
     trainer.fit(Net(), _loader(), _loader())
     captured = capsys.readouterr()
-    assert "Epoch 0" in captured.err and "Epoch 1" in captured.err and "4it" in captured.err
+    assert "Epoch 0" in captured.err and "Epoch 1" in captured.err and "4/4" in captured.err  # 4 batches of 4
     assert "train_loss=" in captured.err
     assert "Validation" in captured.err
     assert captured.out == ""  # no results table inside fit
