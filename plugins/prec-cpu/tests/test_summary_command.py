@@ -107,6 +107,7 @@ def test_every_precision_in_canonical_order_as_a_table(tmp_path: Path) -> None:
         (["tiny_factory:tiny", "--option", "master_weights"], "is not KEY=VALUE"),
         (["tiny_factory:tiny", "--precision", "fp128"], "fp128"),
         (["tiny_factory:tiny", "--steps", "-1"], "--steps=-1 must be >= 0"),
+        (["tiny_factory:tiny", "--option", "master_weights=fp32"], "name them with --precision"),
     ],
 )
 def test_bad_input_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:

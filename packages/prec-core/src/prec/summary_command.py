@@ -43,12 +43,8 @@ def summarize_precisions(
     seed: int = 0,
 ) -> tuple[str, list[ModelSummary]]:
     """The accelerator's name and one summary per precision (default: every precision available there)."""
-    import torch
-
-    import prec
     from prec.plugins import get_registry
     from prec.registry import precision_order
-    from prec.summary import summarize
 
     if steps < 0:
         raise ConfigurationError(f"--steps={steps} must be >= 0.")
@@ -65,31 +61,47 @@ def summarize_precisions(
         raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
     summaries = []
     for name in chosen:
-        module, batches = build_model(factory, model, seed, label="MODEL")
-        if steps:
-            trainer = prec.Trainer(
-                accelerator=accelerator.name, devices=1, precision=name, precision_options=options or None,
-                max_steps=steps, enable_progress_bar=False, enable_checkpointing=False,
-                enable_model_summary=False, logger=False, num_sanity_val_steps=0,
-            )  # fmt: skip
-            cuda = accelerator.name == "cuda" and torch.cuda.is_available()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            trainer.fit(module, batches)
-            optimizers = trainer.optimizers
-            summary = summarize(
-                module,
-                trainer.precision_plugin,
-                optimizers[0] if optimizers else None,
-                cuda_device=torch.cuda.current_device() if cuda else None,
-            )
-        else:
-            with warnings.catch_warnings():  # nothing runs: a precision's speed warning does not apply
-                warnings.simplefilter("ignore", prec.PerformanceWarning)
-                precision = prec.get_precision(name, accelerator.name, **(options or {}))
-            summary = summarize(module, precision, _first_optimizer(module.configure_optimizers()))
-        summaries.append(summary)
+        try:
+            summaries.append(_summarize_one(factory, model, seed, accelerator.name, name, options or {}, steps))
+        except ConfigurationError as error:
+            if options and not precisions:
+                hint = "--option applies to every precision shown: name them with --precision"
+                raise ConfigurationError(f"{error} ({hint})") from error
+            raise
     return accelerator.name, summaries
+
+
+def _summarize_one(
+    factory: Any, model: str, seed: int, accelerator: str, name: str, options: dict[str, Any], steps: int
+) -> ModelSummary:
+    """One precision's summary: estimated on the built model, or measured after ``steps`` Trainer steps."""
+    import torch
+
+    import prec
+    from prec.summary import summarize
+
+    module, batches = build_model(factory, model, seed, label="MODEL")
+    if not steps:
+        with warnings.catch_warnings():  # nothing runs: a precision's speed warning does not apply
+            warnings.simplefilter("ignore", prec.PerformanceWarning)
+            precision = prec.get_precision(name, accelerator, **options)
+        return summarize(module, precision, _first_optimizer(module.configure_optimizers()))
+    trainer = prec.Trainer(
+        accelerator=accelerator, devices=1, precision=name, precision_options=options or None, max_steps=steps,
+        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, logger=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    cuda = accelerator == "cuda" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, batches)
+    optimizers = trainer.optimizers
+    return summarize(
+        module,
+        trainer.precision_plugin,
+        optimizers[0] if optimizers else None,
+        cuda_device=torch.cuda.current_device() if cuda else None,
+    )
 
 
 def _first_optimizer(configured: Any) -> Any:
