@@ -1,4 +1,5 @@
-"""bf16-true's ``master_weights`` and ``keep_float32`` under FSDP2, for real on two gloo processes.
+"""bf16-true's ``master_weights`` and ``keep_float32`` under FSDP2 (and the cheap modes under DDP), for real on
+two gloo processes.
 
 One launch (prec starts rank 1 itself) runs each scenario: a fit, and the same fit interrupted after one epoch
 and resumed from its sharded checkpoint. Each rank writes what it saw; the assertions run here.
@@ -73,12 +74,12 @@ MODEL = textwrap.dedent(
     def fit(mode, max_epochs, ckpt_path=None, out=None, strategy="fsdp"):
         model = Net()
         trainer = prec.Trainer(
-            accelerator="cpu", strategy=strategy, devices=2 if strategy == "fsdp" else 1, precision="bf16-true",
+            accelerator="cpu", strategy=strategy, devices=1 if strategy == "auto" else 2, precision="bf16-true",
             precision_options={"master_weights": mode, "keep_float32": [torch.nn.LayerNorm]},
             max_epochs=max_epochs, enable_progress_bar=False, enable_model_summary=False,
             enable_checkpointing=False, default_root_dir=out, logger=False,
         )
-        global_batch = 4 if strategy == "fsdp" else 8  # 2 ranks x 4, or one process on the global batch
+        global_batch = 8 if strategy == "auto" else 4  # one process on the global batch, or 2 ranks x 4
         trainer.fit(model, DataLoader(data(), batch_size=global_batch), ckpt_path=ckpt_path)
         return trainer, model
     """
@@ -108,6 +109,9 @@ WORKER = MODEL + textwrap.dedent(
         # The reverse: a single-process checkpoint (written by the test) resumes under FSDP.
         from_single, model = fit(mode, 2, ckpt_path=out / f"{mode}_single_epoch1.ckpt", out=out)
         torch.save(from_single.strategy.module_state_dict(model), out / f"{mode}_from_single_rank{rank}.pt")
+        if mode != "fp32":  # DDP: each rank rounds its replica with the same draws
+            replica, model = fit(mode, 2, out=out, strategy="ddp")
+            torch.save(replica.strategy.module_state_dict(model), out / f"{mode}_ddp_rank{rank}.pt")
     """
 )
 
@@ -227,3 +231,15 @@ def test_an_exported_sharded_checkpoint_resumes_in_one_process(
     uninterrupted = _load(fsdp_precision_run, mode)[0]
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value.float(), uninterrupted[name].float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+@pytest.mark.parametrize("mode", ["kahan", "stochastic"])
+def test_ddp_replicas_round_alike(fsdp_precision_run: Path, mode: str) -> None:
+    """Every rank's rounding generator starts from the same seed and sees the same values: the replicas stay
+    bit-identical through stochastic rounding, and train as one process does on the global batch."""
+    replicas = _load(fsdp_precision_run, f"{mode}_ddp")
+    _, model = _model()["fit"](mode, 2, strategy="auto")
+    for key, value in model.state_dict().items():
+        assert torch.equal(replicas[0][key], replicas[1][key]), key
+        torch.testing.assert_close(replicas[0][key].float(), value.float(), rtol=3e-2, atol=3e-2)
