@@ -28,7 +28,7 @@ MODES = ("fp32", "kahan", "stochastic")
 
 MODEL = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     from pathlib import Path
 
     import torch
@@ -71,8 +71,10 @@ MODEL = textwrap.dedent(
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-    def fit(mode, max_epochs, ckpt_path=None, out=None, strategy="fsdp"):
+    def fit(mode, max_epochs, ckpt_path=None, out=None, strategy="fsdp", seed=None):
         model = Net()
+        if seed is not None:  # a torch seed of each rank's own (e.g. for per-rank augmentation)
+            torch.manual_seed(seed + int(os.environ.get("RANK", "0")))
         trainer = prec.Trainer(
             accelerator="cpu", strategy=strategy, devices=1 if strategy == "auto" else 2, precision="bf16-true",
             precision_options={"master_weights": mode, "keep_float32": [torch.nn.LayerNorm]},
@@ -110,7 +112,7 @@ WORKER = MODEL + textwrap.dedent(
         from_single, model = fit(mode, 2, ckpt_path=out / f"{mode}_single_epoch1.ckpt", out=out)
         torch.save(from_single.strategy.module_state_dict(model), out / f"{mode}_from_single_rank{rank}.pt")
         if mode != "fp32":  # DDP: each rank rounds its replica with the same draws
-            replica, model = fit(mode, 2, out=out, strategy="ddp")
+            replica, model = fit(mode, 2, out=out, strategy="ddp", seed=1000)
             torch.save(replica.strategy.module_state_dict(model), out / f"{mode}_ddp_rank{rank}.pt")
     """
 )
@@ -236,8 +238,9 @@ def test_an_exported_sharded_checkpoint_resumes_in_one_process(
 @pytest.mark.timeout(HANG_GUARD_S + 60)
 @pytest.mark.parametrize("mode", ["kahan", "stochastic"])
 def test_ddp_replicas_round_alike(fsdp_precision_run: Path, mode: str) -> None:
-    """Every rank's rounding generator starts from the same seed and sees the same values: the replicas stay
-    bit-identical through stochastic rounding, and train as one process does on the global batch."""
+    """Every rank's rounding generator starts from the same seed, whatever the rank's own torch seed, and sees the
+    same values: the replicas stay bit-identical through stochastic rounding and train as one process does on the
+    global batch."""
     replicas = _load(fsdp_precision_run, f"{mode}_ddp")
     _, model = _model()["fit"](mode, 2, strategy="auto")
     for key, value in model.state_dict().items():

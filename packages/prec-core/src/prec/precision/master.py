@@ -40,10 +40,13 @@ from prec.errors import ConfigurationError, PrecWarning
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
 
-__all__ = ["MASTER_WEIGHT_MODES", "MasterWeightsPrecision", "stochastic_round"]
+__all__ = ["MASTER_WEIGHT_MODES", "ROUNDING_SEED", "MasterWeightsPrecision", "stochastic_round"]
 
 #: The values of the ``master_weights`` option (``None`` is plain 16-bit weights).
 MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
+#: The seed of the stochastic rounding's own generator: the same on every rank whatever each rank's torch seed,
+#: so DDP replicas, which round the same values, draw the same noise and stay identical.
+ROUNDING_SEED = 0x5EED
 
 
 class MasterWeightsPrecision(TruePrecision):
@@ -107,7 +110,7 @@ class MasterWeightsPrecision(TruePrecision):
             if self._generator is None:
                 device = next((_local_device(p) for p, _ in entries), torch.device("cpu"))
                 self._generator = torch.Generator(device=device)
-                self._generator.manual_seed(torch.initial_seed() % 2**63)
+                self._generator.manual_seed(ROUNDING_SEED)
             self._steppers[id(optimizer)] = WorkingCopyStepper(optimizer, entries, self._generator)
         self._optimizers.append(optimizer)
         if self._pending is not None:
