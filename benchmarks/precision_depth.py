@@ -39,11 +39,8 @@ def label(name: str, options: dict[str, Any]) -> str:
 
 def effective_weights(precision: prec.Precision, weight: torch.Tensor) -> torch.Tensor:
     """What the weights are worth: the float32 copies, the 16-bit weights plus the compensation, or as stored."""
-    state = precision.state_dict() if isinstance(precision, MasterWeightsPrecision) else {}
-    if "masters" in state:
-        return state["masters"][0][0]
-    if "compensation" in state:
-        return weight.float() + state["compensation"][0][0].float()
+    if isinstance(precision, MasterWeightsPrecision):
+        return precision.effective_weight(weight)
     return weight.float()
 
 
@@ -62,7 +59,7 @@ def retention(name: str, options: dict[str, Any]) -> dict[str, float]:
         precision.optimizer_step(optimizer)
         optimizer.zero_grad()
     return {
-        "moved_effective": float((1 - effective_weights(precision, model.weight.detach())).mean()),
+        "moved_effective": float((1 - effective_weights(precision, model.weight)).mean()),
         "moved_16bit": float((1 - model.weight.detach().float()).mean()),
     }
 

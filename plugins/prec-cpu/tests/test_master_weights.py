@@ -31,11 +31,8 @@ def _moved(precision: prec.Precision, optimizer_type: Any = torch.optim.AdamW, s
         precision.optimizer_step(optimizer)
         optimizer.zero_grad()
     weight = model.weight.detach().float()
-    state = precision.state_dict()
-    if "masters" in state:
-        weight = state["masters"][0][0]
-    elif "compensation" in state:
-        weight = weight + state["compensation"][0][0].float()
+    if isinstance(precision, MasterWeightsPrecision):
+        weight = precision.effective_weight(model.weight)
     return float((1.0 - weight).mean())
 
 
@@ -311,3 +308,23 @@ def test_stochastic_rounding_is_unbiased() -> None:
     assert rounded.mean().item() == pytest.approx(1.0 - 1e-4, abs=2e-6)
     special = torch.tensor([float("inf"), float("-inf"), 0.0])
     assert torch.equal(stochastic_round(special).float(), special)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_effective_weight_is_the_full_precision_value(mode: str) -> None:
+    precision = prec.get_precision("bf16-true", "cpu", master_weights=mode)
+    model = precision.convert_module(torch.nn.Linear(8, 8, bias=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    precision.setup_optimizer(optimizer)
+    precision.sync_from_model()
+    for _ in range(20):
+        model.weight.grad = torch.ones_like(model.weight)
+        precision.optimizer_step(optimizer)
+    effective = precision.effective_weight(model.weight)
+    assert effective.dtype == torch.float32
+    if mode == "stochastic":  # nothing kept beside the weight
+        assert torch.equal(effective, model.weight.float())
+    else:  # 20 steps of 1e-4 below the bfloat16 grid of the weights: kept beside them
+        assert not torch.equal(effective, model.weight.float())
+    untracked = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    assert torch.equal(precision.effective_weight(untracked), untracked.float())

@@ -29,12 +29,8 @@ def _moved(precision: prec.Precision, fused: bool) -> float:
         model.weight.grad = torch.ones_like(model.weight)
         precision.optimizer_step(optimizer)
         optimizer.zero_grad()
-    weight = model.weight.detach().float()
-    state = precision.state_dict()
-    if "masters" in state:
-        weight = state["masters"][0][0].float()
-    elif "compensation" in state:
-        weight = weight + state["compensation"][0][0].float()
+    effective = getattr(precision, "effective_weight", None)
+    weight = effective(model.weight) if effective is not None else model.weight.detach().float()
     return float((1.0 - weight).mean())
 
 

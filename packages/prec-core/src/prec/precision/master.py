@@ -128,6 +128,21 @@ class MasterWeightsPrecision(TruePrecision):
                 if compensation is not None:
                     compensation.zero_()
 
+    def effective_weight(self, param: Tensor) -> Tensor:
+        """What a 16-bit parameter is worth, in float32: its float32 copy (``"fp32"``), the weight plus its
+        compensation (``"kahan"``), or the weight itself (``"stochastic"``, or a parameter this precision does not
+        track). Evaluate or export with these values to get the full precision training kept."""
+        with torch.no_grad():
+            for pairs in self._pairs.values():
+                for model_param, master in pairs:
+                    if model_param is param:
+                        return master.detach().clone()
+            for buffers in self._buffers.values():
+                for model_param, compensation in buffers:
+                    if model_param is param and compensation is not None:
+                        return param.detach().float() + compensation.float()
+            return param.detach().float()
+
     @override
     @contextmanager
     def checkpoint_parameters(self, module: torch.nn.Module) -> Iterator[None]:
