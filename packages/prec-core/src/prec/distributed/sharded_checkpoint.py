@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from prec.distributed.sharded_state import LAYOUT_KEY, assemble_full, localize
+from prec.distributed.sharded_state import LAYOUT_KEY, assemble_full, localize, with_full_leaves
 from prec.errors import CheckpointError
 
 #: ``optimizer_view(module)``: a context in which ``module``'s parameters are the tensors the optimizers step
@@ -118,7 +118,9 @@ def load_sharded(
     optimizer_view: OptimizerView = lambda module: contextlib.nullcontext(),
 ) -> dict[str, Any]:
     """Load a sharded checkpoint into the set-up ``module`` and ``optimizers`` (none: weights only), on every rank;
-    return this rank's ``state`` (rank 0's when the checkpoint was written by fewer ranks)."""
+    return this rank's ``state`` (rank 0's for a rank the checkpoint did not have). Written by another number of
+    ranks, its sharded leaves (float32 copies, compensation) are rebuilt whole from every rank's shards, and each
+    rank keeps its own shard of them (:func:`~prec.distributed.sharded_state.copy_into`)."""
     source = _readable(Path(path))
     problem = _verify(source, Path(path)) if _rank() == 0 else None
     problem = _from_rank_zero(problem)
@@ -134,13 +136,18 @@ def load_sharded(
     if optimizers:
         with optimizer_view(module):
             set_optimizer_state_dict(module, list(optimizers), payload["optim"])
-    extras_file = source / "extras" / f"rank{_rank()}.pt"
-    if not extras_file.is_file():
-        extras_file = source / "extras" / "rank0.pt"
-    extras = torch.load(extras_file, map_location="cpu", weights_only=True)
+    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    extras = _read_extras(source, _rank() if _rank() < saved_world else 0)
+    if saved_world == _world():
+        extras.pop(LAYOUT_KEY, None)  # its shards load into the live DTensors (sharded_state.copy_into)
+    else:
+        extras = with_full_leaves(extras, [_read_extras(source, rank) for rank in range(saved_world)])
     extras.pop("sharded", None)
-    extras.pop(LAYOUT_KEY, None)  # the shards in it load into the live DTensors (sharded_state.copy_into)
     return extras
+
+
+def _read_extras(source: Path, rank: int) -> dict[str, Any]:
+    return torch.load(source / "extras" / f"rank{rank}.pt", map_location="cpu", weights_only=True)
 
 
 def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
@@ -160,8 +167,8 @@ def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.P
         full_file = Path(scratch) / "full.pt"
         dcp_to_torch_save(str(source), str(full_file))
         full = torch.load(full_file, map_location="cpu", weights_only=True)
-    ranks = sorted(source.glob("extras/rank*.pt"), key=lambda file: int(file.stem.removeprefix("rank")))
-    extras = assemble_full([torch.load(file, map_location="cpu", weights_only=True) for file in ranks])
+    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    extras = assemble_full([_read_extras(source, rank) for rank in range(saved_world)])
     layout = extras.pop("sharded")
     checkpoint = {**extras, "state_dict": full["model"]}
     checkpoint["optimizer_states"] = split_optimizer_state(full.get("optim"), layout["optimizer_groups"])

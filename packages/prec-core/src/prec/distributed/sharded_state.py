@@ -16,7 +16,7 @@ from torch import Tensor
 
 from prec.errors import CheckpointError
 
-__all__ = ["LAYOUT_KEY", "assemble_full", "copy_into", "localize"]
+__all__ = ["LAYOUT_KEY", "assemble_full", "copy_into", "localize", "with_full_leaves"]
 
 #: The key of an extras file under which :func:`localize` records the sharded leaves.
 LAYOUT_KEY = "sharded_leaves"
@@ -66,6 +66,17 @@ def assemble_full(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
             raise CheckpointError(f"the shards of {'/'.join(map(str, record['path']))} do not add up to its shape.")
         _put(first, record["path"], full)
     return first
+
+
+def with_full_leaves(own: dict[str, Any], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """``own`` (one rank's state) with each sharded leaf replaced by the whole tensor rebuilt from every rank's
+    shard: a resume at another number of ranks, where each rank then takes its own shard of it."""
+    records = list(per_rank[0].get(LAYOUT_KEY, []))
+    full = assemble_full([dict(state) for state in per_rank])
+    own.pop(LAYOUT_KEY, None)
+    for record in records:
+        _put(own, record["path"], _at(full, record["path"]))
+    return own
 
 
 def copy_into(target: Tensor, value: Tensor) -> None:
