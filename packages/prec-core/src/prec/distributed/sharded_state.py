@@ -16,7 +16,7 @@ from torch import Tensor
 
 from prec.errors import CheckpointError
 
-__all__ = ["LAYOUT_KEY", "assemble_full", "copy_into", "localize", "with_full_leaves"]
+__all__ = ["LAYOUT_KEY", "assemble_full", "copy_into", "local_tensor", "localize", "with_full_leaves"]
 
 #: The key of an extras file under which :func:`localize` records the sharded leaves.
 LAYOUT_KEY = "sharded_leaves"
@@ -24,6 +24,11 @@ LAYOUT_KEY = "sharded_leaves"
 
 def _is_dtensor(value: Any) -> bool:
     return isinstance(value, Tensor) and callable(getattr(value, "to_local", None))
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """The tensor holding this process's values: a DTensor's shard under FSDP2, else the tensor itself."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor  # type: ignore[attr-defined]
 
 
 def localize(state: Any, path: tuple[Any, ...] = ()) -> tuple[Any, list[dict[str, Any]]]:

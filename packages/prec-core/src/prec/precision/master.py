@@ -35,7 +35,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec._warnings import warn
-from prec.distributed.sharded_state import copy_into
+from prec.distributed.sharded_state import copy_into, local_tensor
 from prec.errors import ConfigurationError, PrecWarning
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
@@ -108,7 +108,7 @@ class MasterWeightsPrecision(TruePrecision):
             ]
             self._buffers[id(optimizer)] = entries
             if self._generator is None:
-                device = next((_local_device(p) for p, _ in entries), torch.device("cpu"))
+                device = next((local_tensor(p).device for p, _ in entries), torch.device("cpu"))
                 self._generator = torch.Generator(device=device)
                 self._generator.manual_seed(ROUNDING_SEED)
             self._steppers[id(optimizer)] = WorkingCopyStepper(optimizer, entries, self._generator)
@@ -344,9 +344,3 @@ def _compensation_to_masters(
                 residual = torch.empty_like(param)
                 copy_into(residual, comp)
                 master.copy_(param.float() + residual.float())
-
-
-def _local_device(tensor: Tensor) -> torch.device:
-    """The device of this process's values (a DTensor's shard lives where its mesh puts it)."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local().device if callable(to_local) else tensor.device

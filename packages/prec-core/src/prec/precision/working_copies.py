@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from prec.distributed.sharded_state import local_tensor
+
 __all__ = ["CHUNK_ELEMENTS", "WorkingCopyStepper", "round_into", "stochastic_round"]
 
 #: The most parameter elements given float32 working copies at once (64 MiB of float32 per copied tensor kind).
@@ -53,12 +55,6 @@ def _noise(values: Tensor, generator: torch.Generator | None) -> Tensor:
 def _round_with_noise(values: Tensor, noise: Tensor) -> Tensor:
     rounded = ((values.view(torch.int32) + noise) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000 as int32
     return torch.where(torch.isfinite(values), rounded, values).to(torch.bfloat16)
-
-
-def _local(tensor: Tensor) -> Tensor:
-    """The tensor holding this process's values (a DTensor's shard under FSDP2, else the tensor itself)."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
 
 
 class WorkingCopyStepper:
@@ -133,9 +129,9 @@ class WorkingCopyStepper:
     def _copy_out(self, copies: list[tuple[Tensor, Tensor]], upcast_keys: dict[int, set[str]]) -> None:
         """Put the parameters back, write the new weights into them and round the state back to 16 bits."""
         with torch.no_grad():
+            back = {id(copy): param for param, copy in copies}
             for group in self.optimizer.param_groups:
                 params = group["params"]
-                back = {id(copy): param for param, copy in copies}
                 for index, param in enumerate(params):
                     if id(param) in back:
                         params[index] = back[id(param)]
@@ -157,15 +153,15 @@ class WorkingCopyStepper:
         if compensation is not None:
             param.copy_(exact)
             residual = exact - param.float()  # below half a unit in the weight's last place
-            to_round.append((_local(residual), _local(compensation)))
+            to_round.append((local_tensor(residual), local_tensor(compensation)))
         else:
-            to_round.append((_local(exact), _local(param)))
+            to_round.append((local_tensor(exact), local_tensor(param)))
 
     @staticmethod
     def _state_destination(value: Tensor, to_round: list[tuple[Tensor, Tensor]]) -> Tensor:
         """The bfloat16 tensor that will hold ``value`` (a DTensor with its layout under FSDP2), queued for rounding."""
         result = torch.empty_like(value, dtype=torch.bfloat16)
-        to_round.append((_local(value), _local(result)))
+        to_round.append((local_tensor(value), local_tensor(result)))
         return result
 
     def _closure(self, closure: Callable[[], Any], copies: list[tuple[Tensor, Tensor]]) -> Callable[[], Any]:
