@@ -10,16 +10,15 @@ counting the process-group collective it calls. One plain-script launch (prec st
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from _modules import sibling
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
@@ -116,21 +115,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _safety() -> ModuleType:
-    """The launch helpers of the safety tests (clean environment, hang guard), loaded by path."""
-    spec = importlib.util.spec_from_file_location("_safety", Path(__file__).with_name("test_distributed_safety.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def accumulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("accumulation")
     script = out / "worker.py"
     script.write_text(WORKER)
-    safety = _safety()
+    safety = sibling("test_distributed_safety.py")
     ((code, stderr),), _ = safety.run([([sys.executable, str(script), str(out)], safety.clean_env())], out)
     assert code == 0, stderr
     return out

@@ -9,14 +9,13 @@ directories).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _modules import sibling
 
 pytestmark = pytest.mark.slow
 
@@ -85,21 +84,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _safety() -> ModuleType:
-    """The launch helpers of the safety tests (clean environment, hang guard), loaded by path."""
-    spec = importlib.util.spec_from_file_location("_safety", Path(__file__).with_name("test_distributed_safety.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def monitor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("monitor")
     script = out / "worker.py"
     script.write_text(WORKER)
-    safety = _safety()
+    safety = sibling("test_distributed_safety.py")
     ((code, stderr),), _ = safety.run([([sys.executable, str(script), str(out)], safety.clean_env())], out)
     assert code == 0, stderr
     return out

@@ -6,29 +6,18 @@ the same worker as the DDP tests runs the FSDP scenarios here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from _modules import sibling
 
 pytestmark = pytest.mark.slow
 
 
-def _ddp_tests() -> ModuleType:
-    """The DDP test module (worker script and single-process helpers), loaded by path."""
-    path = Path(__file__).with_name("test_distributed_ddp.py")
-    spec = importlib.util.spec_from_file_location("_prec_ddp_tests", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ddp = _ddp_tests()
+ddp = sibling("test_distributed_ddp.py")  # its worker script and single-process helpers
 
 
 @pytest.fixture(scope="module")

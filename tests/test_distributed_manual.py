@@ -8,15 +8,14 @@ runs of the same modules done here, and with raw torch DDP run in the worker.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from _modules import sibling
 from torch.utils.data import DataLoader
 
 import prec
@@ -24,18 +23,7 @@ import prec
 pytestmark = pytest.mark.slow
 
 
-def _ddp_tests() -> ModuleType:
-    """The DDP test module (process launch and result helpers), loaded by path."""
-    spec = importlib.util.spec_from_file_location(
-        "_prec_ddp_tests", Path(__file__).with_name("test_distributed_ddp.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ddp = _ddp_tests()
+ddp = sibling("test_distributed_ddp.py")  # its process launch and result helpers
 TIMEOUT_S = ddp.PROCESS_TIMEOUT_S + 60
 STEPS = ddp.SAMPLES // (ddp.PER_RANK_BATCH * ddp.WORLD) * 2  # 2 epochs of 4 steps
 DDP_SCENARIOS = "ddp32,ddpbf16,ddp_scaler,gan,accumulate,accumulate_synced,accumulate_lightning,raw_ddp"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from _modules import sibling
 
 from prec.errors import ConfigurationError
 from prec.metrics import MetricStore, infer_batch_size
@@ -68,12 +69,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.timeout(HANG_GUARD_S + 60)
 def test_validate_returns_values_reduced_across_ranks(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_safety", Path(__file__).with_name("test_distributed_safety.py"))
-    assert spec is not None and spec.loader is not None
-    safety = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(safety)
+    safety = sibling("test_distributed_safety.py")  # its launch helpers: clean environment, hang guard
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     ((code, stderr),), _ = safety.run([([sys.executable, str(script), str(tmp_path)], safety.clean_env())], tmp_path)

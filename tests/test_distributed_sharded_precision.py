@@ -18,14 +18,13 @@ state not restored shows as another final scale. The launch helpers are the shar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from _modules import sibling
 
 pytestmark = pytest.mark.slow
 
@@ -114,19 +113,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _sharded_tests() -> ModuleType:
-    """The sharded-checkpoint tests (their 2-process launch and hang guard), loaded by path."""
-    path = Path(__file__).with_name("test_distributed_sharded.py")
-    spec = importlib.util.spec_from_file_location("_prec_sharded_tests", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def resume_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sharded = _sharded_tests()
+    sharded = sibling("test_distributed_sharded.py")  # its 2-process launch and hang guard
     out = tmp_path_factory.mktemp("sharded_precision")
     script = out / "worker.py"
     script.write_text(WORKER)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from _modules import load_module
 
 import prec
 
@@ -34,12 +35,7 @@ WALKTHROUGH_PREFIX = "prec-nocache/"
 
 def _hook(name: str) -> Any:
     """A build hook of docs/_hooks as a module (MkDocs loads hooks by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location(f"prec_docs_hook_{name}", DOCS / "_hooks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_module(DOCS / "_hooks" / f"{name}.py", f"prec_docs_hook_{name}")
 
 
 def parse_blocks(page: Path) -> list[Any]:
