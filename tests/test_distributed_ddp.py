@@ -223,16 +223,15 @@ def single_process(
     return trainer, model
 
 
-def run_worker(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_worker(command: list[str], cwd: Path, timeout: float = PROCESS_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run a worker that starts its own ranks, without launcher variables; fail on a hang or a failed rank."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     try:
-        result = subprocess.run(
-            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, check=False
-        )
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
-        pytest.fail(f"the 2-process run hung for {PROCESS_TIMEOUT_S} s: {error.stderr!r}")
+        pytest.fail(f"the 2-process run hung for {timeout} s: {error.stderr!r}")
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "exited with status" not in result.stderr, result.stderr
     return result

@@ -8,8 +8,6 @@ and resumed from its sharded checkpoint. Each rank writes what it saw; the asser
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from _modules import sibling
 
 import prec
 
@@ -135,17 +134,8 @@ def fsdp_precision_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         trainer.save_checkpoint(out / f"{mode}_single_epoch1.ckpt")
     script = out / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    try:
-        result = subprocess.run(
-            [sys.executable, str(script), str(out), ",".join(MODES)],
-            cwd=out, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"the 2-process run hung for {HANG_GUARD_S} s: {error.stderr!r}")
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    ddp = sibling("test_distributed_ddp.py")  # its worker launch: no launcher variables, a hang guard
+    ddp.run_worker([sys.executable, str(script), str(out), ",".join(MODES)], cwd=out, timeout=HANG_GUARD_S)
     return out
 
 
@@ -266,13 +256,8 @@ def test_a_sharded_checkpoint_resumes_at_another_world_size(fsdp_precision_run: 
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    result = subprocess.run(
-        [sys.executable, str(script), str(fsdp_precision_run), ",".join(MODES)],
-        cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=HANG_GUARD_S,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
+    command = [sys.executable, str(script), str(fsdp_precision_run), ",".join(MODES)]
+    sibling("test_distributed_ddp.py").run_worker(command, cwd=tmp_path, timeout=HANG_GUARD_S)
     for mode in MODES:
         resumed = torch.load(fsdp_precision_run / f"{mode}_one_rank.pt", weights_only=True)
         uninterrupted = _load(fsdp_precision_run, mode)[0]
