@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from prec.bench_measure import Run, run_once
-from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, build_model, resolve_model
+from prec.bench_models import BUILTIN_MODELS, MODEL_DEFAULTS, build_model, resolve_model, select_targets
 from prec.bench_report import render
 from prec.errors import ConfigurationError
 
@@ -154,13 +154,7 @@ def run_bench(
         )
     factory = resolve_model(model)
     registry = get_registry()
-    accelerator = registry.available_accelerator(accelerator_name) if accelerator_name != "auto" else None
-    accelerator = accelerator or registry.auto_accelerator()
-    available = registry.supported_precisions(accelerator.name)
-    chosen = list(available) if precisions is None else [registry.normalize(name) for name in precisions]
-    missing = [name for name in chosen if name not in available]
-    if missing:
-        raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
+    accelerator, chosen = select_targets(accelerator_name, precisions)
     if BASELINE in chosen:  # the baseline first, then the rest in the registry's order
         chosen.remove(BASELINE)
         chosen.insert(0, BASELINE)

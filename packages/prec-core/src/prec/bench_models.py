@@ -1,4 +1,5 @@
-"""The models ``prec bench`` measures: small built-in ones, or a user's ``module.path:factory``.
+"""The models ``prec bench`` and ``prec summary`` measure: small built-in ones, or a user's ``module.path:factory``,
+and the accelerator and precisions they are measured on.
 
 A factory returns ``(prec.TrainingModule, list_of_batches)``. Torch is imported inside the functions, so listing
 the command costs nothing.
@@ -15,6 +16,7 @@ from prec.errors import ConfigurationError
 if TYPE_CHECKING:
     import torch
 
+    from prec.accelerator import Accelerator
     from prec.module import TrainingModule
 
 #: Per built-in model: (steps timed, warm-up steps). Small enough for a CPU to finish in seconds.
@@ -150,3 +152,19 @@ def build_model(
     if not batches:
         raise ConfigurationError(f"{label} {spec!r}: the factory returned no batches.")
     return built[0], batches
+
+
+def select_targets(accelerator_name: str, precisions: Sequence[str] | None) -> tuple[Accelerator, list[str]]:
+    """The installed accelerator (``"auto"``: the registry's choice) and the precisions to measure on it: the
+    ones named (normalised, each checked to run there) or, for ``None``, all it offers in the registry's order."""
+    from prec.plugins import get_registry
+
+    registry = get_registry()
+    accelerator = registry.available_accelerator(accelerator_name) if accelerator_name != "auto" else None
+    accelerator = accelerator or registry.auto_accelerator()
+    available = registry.supported_precisions(accelerator.name)
+    chosen = list(available) if precisions is None else [registry.normalize(name) for name in precisions]
+    missing = [name for name in chosen if name not in available]
+    if missing:
+        raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
+    return accelerator, chosen

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from prec.bench_models import BUILTIN_MODELS, build_model, resolve_model
+from prec.bench_models import BUILTIN_MODELS, build_model, resolve_model, select_targets
 from prec.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,22 +43,14 @@ def summarize_precisions(
     seed: int = 0,
 ) -> tuple[str, list[ModelSummary]]:
     """The accelerator's name and one summary per precision (default: every precision available there)."""
-    from prec.plugins import get_registry
     from prec.registry import precision_order
 
     if steps < 0:
         raise ConfigurationError(f"--steps={steps} must be >= 0.")
     factory = resolve_model(model, label="MODEL")
-    registry = get_registry()
-    if accelerator_name == "auto":
-        accelerator = registry.auto_accelerator()
-    else:
-        accelerator = registry.available_accelerator(accelerator_name)
-    available = sorted(registry.supported_precisions(accelerator.name), key=precision_order)
-    chosen = available if not precisions else [registry.normalize(name) for name in precisions]
-    missing = [name for name in chosen if name not in available]
-    if missing:
-        raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
+    accelerator, chosen = select_targets(accelerator_name, precisions or None)
+    if not precisions:
+        chosen.sort(key=precision_order)
     summaries = []
     for name in chosen:
         try:
