@@ -128,7 +128,11 @@ class Precision(PrecisionBridge, LightningPrecision):
         gradient_clip_algorithm: Any = "norm",
     ) -> None:
         """prec's clipping: on the gradients the optimizer steps, unscaled first."""
-        algorithm = "norm" if gradient_clip_algorithm is None else str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm))
+        algorithm = (
+            "norm"
+            if gradient_clip_algorithm is None
+            else str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm))
+        )
         self.prec_precision.clip_gradients(optimizer, clip_val, algorithm)
 
     def _log_metrics(self, model: pl.LightningModule) -> None:
