@@ -144,7 +144,7 @@ class Precision(PrecisionBridge, LightningPrecision):
             return
         values = self.prec_precision.metrics()
         if values:
-            model.log_dict(values, on_step=True, on_epoch=False, prog_bar=True, logger=True)
+            model.log_dict(values, on_step=True, on_epoch=False, prog_bar=True, logger=bool(trainer.loggers))
 
     def _refuse_backward_override(self, module: pl.LightningModule) -> None:
         if self._lightning_backward or type(module).backward is pl.LightningModule.backward:
