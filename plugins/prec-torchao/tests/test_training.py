@@ -10,6 +10,7 @@ from torchao.float8.float8_linear import Float8Linear
 
 import prec
 from prec_torchao import Float8MixedPrecision, Float8TruePrecision
+from prec_torchao.float8_cpu import CpuAutocastFloat8Linear
 
 WIDTH, HIDDEN, CLASSES = 32, 64, 4
 
@@ -100,16 +101,18 @@ def test_trainer_trains_with_float8_linear_layers(name: str, cls: type) -> None:
     [("fp8-mixed", torch.float32, torch.bfloat16), ("fp8-bf16-true", torch.bfloat16, None)],
 )
 def test_dtypes_of_weights_matmul_inputs_gradients_and_optimizer_state(
-    name: str, weights: torch.dtype, inputs: torch.dtype | None
+    name: str, weights: torch.dtype, inputs: torch.dtype | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     precision = prec.get_precision(name, "cpu", **EMULATE)
     model = precision.convert_module(Classifier())
     seen: dict[str, torch.dtype] = {}
+    forward = Float8Linear.forward
 
-    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        seen["input"] = args[0].dtype
+    def record(layer: Float8Linear, input: torch.Tensor) -> torch.Tensor:
+        seen["input"] = input.dtype  # what torchao's own forward receives, inside prec's CPU autocast handling
+        return forward(layer, input)
 
-    model.blocks[0][0].register_forward_pre_hook(record)
+    monkeypatch.setattr(Float8Linear, "forward", record)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = data(1)[0]
     with precision.forward_context():
@@ -153,8 +156,8 @@ def test_converting_twice_adds_nothing() -> None:
     precision = prec.get_precision("fp8-mixed", "cpu", **EMULATE)
     model = precision.convert_module(precision.convert_module(Classifier()))
     assert float8_layers(model) == CONVERTED
-    assert all(len(model.get_submodule(name)._forward_pre_hooks) == 1 for name in CONVERTED)
-    assert all(len(model.get_submodule(name)._forward_hooks) == 1 for name in CONVERTED)
+    assert all(type(model.get_submodule(name)) is CpuAutocastFloat8Linear for name in CONVERTED)
+    assert not any(model.get_submodule(name)._forward_hooks for name in CONVERTED)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""Swapping ``nn.Linear`` layers for torchao's ``Float8Linear``: which layers, with which recipe, and a report.
+"""Swapping ``nn.Linear`` layers for low-precision ones (torchao's ``Float8Linear``, prec-torchao's MXFP8 and int8
+layers): which layers, with which recipe, and a report.
 
-fp8 kernels (``torch._scaled_mm``) need both dimensions of a weight to be multiples of 16, so other layers always
-stay in high precision. The output head stays too unless asked: its outputs feed the loss directly and are the
+Each format's kernels need both dimensions of a weight to be multiples of some number (fp8: 16, MXFP8: 32, int8:
+8); other layers always stay in high precision, and the report says why. The output head stays too unless asked: its outputs feed the loss directly and are the
 layer most sensitive to fp8 rounding (torchao's own guidance, and what Transformer Engine users do by hand).
 """
 
@@ -19,6 +20,28 @@ RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
 #: The dimension fp8 matmul kernels need both sides of a weight to be a multiple of.
 FP8_DIM_MULTIPLE = 16
 
+
+@dataclass(frozen=True)
+class DimensionRule:
+    """What both dimensions of a weight must be a multiple of for a format's matmuls, and why (shown in reports)."""
+
+    multiple: int
+    why: str
+
+    def refusal(self, in_features: int, out_features: int) -> str | None:
+        """Why a Linear of these sizes stays in high precision, or ``None`` when it can be converted."""
+        if in_features % self.multiple or out_features % self.multiple:
+            return f"{in_features}x{out_features} is not a multiple of {self.multiple} ({self.why})"
+        return None
+
+
+FP8_RULE = DimensionRule(FP8_DIM_MULTIPLE, "fp8 kernels")
+#: MXFP8 scales blocks of 32 elements along every matmul's inner dimension, which is each side of the weight in
+#: one of the three matmuls (the token dimension too, in the weight gradient: padded by the MXFP8 layer).
+MX_RULE = DimensionRule(32, "MXFP8 scales blocks of 32")
+#: torch._int_mm (the int8 matmul on CUDA without Triton) takes inner and output dimensions in multiples of 8.
+INT8_RULE = DimensionRule(8, "int8 matmul kernels")
+
 ModuleFilter = Callable[[torch.nn.Module, str], bool]
 
 
@@ -28,6 +51,7 @@ class ConversionReport:
 
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    target: str = "Float8Linear"
 
     @property
     def fraction(self) -> float:
@@ -37,7 +61,7 @@ class ConversionReport:
 
     def summary(self) -> str:
         total = len(self.converted) + len(self.skipped)
-        text = f"{len(self.converted)} of {total} Linear layers converted to Float8Linear"
+        text = f"{len(self.converted)} of {total} Linear layers converted to {self.target}"
         if self.skipped:
             reasons = "; ".join(f"{name or '<root>'}: {why}" for name, why in list(self.skipped.items())[:5])
             more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
@@ -61,19 +85,23 @@ def plan(
     convert_head: bool,
     skip: Iterable[str],
     module_filter: ModuleFilter | None,
-    already: type[torch.nn.Module] | None = None,
+    already: type[torch.nn.Module] | tuple[type[torch.nn.Module], ...] | None = None,
+    rule: DimensionRule = FP8_RULE,
+    target: str = "Float8Linear",
 ) -> ConversionReport:
-    """Decide which Linear layers to convert. The head is the last Linear in registration order."""
+    """Decide which Linear layers to convert. The head is the last Linear in registration order; a layer already
+    of type ``already`` counts as converted."""
     layers = _linear_layers(module)
     head = layers[-1][0] if layers else None
     patterns = tuple(skip)
-    report = ConversionReport()
+    report = ConversionReport(target=target)
     for name, layer in layers:
         out_features, in_features = layer.weight.shape
+        refusal = rule.refusal(in_features, out_features)
         if already is not None and isinstance(layer, already):
             report.converted.append(name)
-        elif in_features % FP8_DIM_MULTIPLE or out_features % FP8_DIM_MULTIPLE:
-            report.skipped[name] = f"{in_features}x{out_features} is not a multiple of {FP8_DIM_MULTIPLE}"
+        elif refusal is not None:
+            report.skipped[name] = refusal
         elif module_filter is not None:
             if module_filter(layer, name):
                 report.converted.append(name)
@@ -88,43 +116,11 @@ def plan(
     return report
 
 
-class CpuAutocastBridge:
-    """Run a Float8Linear under CPU autocast the way torchao runs it under CUDA autocast.
-
-    torchao's Float8Linear reproduces autocast itself but reads only the CUDA autocast state: under CPU autocast it
-    would compute in float32, and under ``torch.inference_mode`` (prec's validation) CPU autocast reaches its float8
-    tensors and fails. The pre-hook casts the input to the autocast dtype and switches CPU autocast off for the
-    layer's own forward; the hook after it (``always_call``: also when the forward raises) switches it back."""
-
-    def __init__(self) -> None:
-        self.contexts: list[torch.autocast] = []
-
-    def before(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        if not torch.is_autocast_enabled("cpu"):
-            self.contexts.append(None)  # type: ignore[arg-type]
-            return args
-        dtype = torch.get_autocast_dtype("cpu")
-        context = torch.autocast("cpu", enabled=False)
-        context.__enter__()
-        self.contexts.append(context)
-        return tuple(
-            arg.to(dtype) if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args
-        )
-
-    def after(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        context = self.contexts.pop() if self.contexts else None
-        if context is not None:
-            context.__exit__(None, None, None)
-
-    def attach(self, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(self.before)
-        module.register_forward_hook(self.after, always_call=True)
-
-
 def convert_linear_layers(
     module: torch.nn.Module, float8: Any, config: Any, report: ConversionReport, *, cpu_autocast: bool
 ) -> torch.nn.Module:
-    """Swap the planned layers in place through ``torchao.float8.convert_to_float8_training``."""
+    """Swap the planned layers in place through ``torchao.float8.convert_to_float8_training``; under CPU autocast
+    (``cpu_autocast``) they become :class:`~prec_torchao.float8_cpu.CpuAutocastFloat8Linear`, which follows it."""
     chosen = set(report.converted)
     linear_type = float8.Float8Linear
     before = {name for name, layer in module.named_modules() if isinstance(layer, linear_type)}
@@ -134,7 +130,9 @@ def convert_linear_layers(
         module_filter_fn=lambda layer, name: name in chosen and name not in before,
     )
     if cpu_autocast:
+        from prec_torchao.float8_cpu import CpuAutocastFloat8Linear  # imports torchao, loaded by now
+
         for name, layer in converted.named_modules():
-            if name in chosen and name not in before and isinstance(layer, linear_type):
-                CpuAutocastBridge().attach(layer)
+            if name in chosen and name not in before and type(layer) is linear_type:
+                layer.__class__ = CpuAutocastFloat8Linear
     return converted

@@ -17,13 +17,22 @@ from prec.accelerator import Accelerator
 from prec.errors import ConfigurationError, UnsupportedPrecisionError
 from prec.precision import MixedPrecision, Precision, TruePrecision
 from prec_torchao.availability import load_float8, unavailable_reason
-from prec_torchao.conversion import RECIPES, ConversionReport, ModuleFilter, convert_linear_layers, float8_config, plan
+from prec_torchao.conversion import (
+    FP8_RULE,
+    RECIPES,
+    ConversionReport,
+    DimensionRule,
+    ModuleFilter,
+    convert_linear_layers,
+    float8_config,
+    plan,
+)
 
 #: The oldest CUDA compute capability with fp8 tensor cores (Ada Lovelace; Hopper is 9.0, Blackwell 10.0).
 MIN_CAPABILITY = (8, 9)
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
     return isinstance(value, bool)
 
 
@@ -31,15 +40,20 @@ def _is_patterns(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
 
 
-CONVERSION_OPTIONS = (
-    Option("recipe", f"one of {', '.join(map(repr, RECIPES))}", lambda value: value in RECIPES, "tensorwise"),
-    Option("convert_head", "True or False", _is_bool, False),
+#: Which Linear layers to convert: the options every precision of this package takes.
+FILTER_OPTIONS = (
+    Option("convert_head", "True or False", is_bool, False),
     Option("skip", "a list of module-name patterns (fnmatch, e.g. ['blocks.0.*'])", _is_patterns, ()),
     Option("module_filter", "a callable (module, name) -> bool, or None", lambda v: v is None or callable(v), None),
-    Option("emulate", "True or False", _is_bool),
-    Option("fsdp_float8_all_gather", "True or False", _is_bool, False),
 )
-MIXED_OPTIONS = (*CONVERSION_OPTIONS, Option("cache_enabled", "True or False", _is_bool, True))
+CACHE_OPTION = Option("cache_enabled", "True or False", is_bool, True)
+CONVERSION_OPTIONS = (
+    Option("recipe", f"one of {', '.join(map(repr, RECIPES))}", lambda value: value in RECIPES, "tensorwise"),
+    *FILTER_OPTIONS,
+    Option("emulate", "True or False", is_bool),
+    Option("fsdp_float8_all_gather", "True or False", is_bool, False),
+)
+MIXED_OPTIONS = (*CONVERSION_OPTIONS, CACHE_OPTION)
 
 
 def cuda_capability() -> tuple[int, int]:
@@ -48,21 +62,24 @@ def cuda_capability() -> tuple[int, int]:
     return major, minor
 
 
-class Float8Converter:
-    """Holds torchao's config and the layer filter; converts modules and remembers what it did."""
+class Converter:
+    """Holds the layer filter options; converts modules and remembers what it did. Subclasses say which layers
+    they make (``layer_type``, ``target``), what sizes those take (``rule``) and how to swap them (``swap``)."""
 
-    def __init__(self, float8: Any, options: dict[str, Any], *, emulate: bool, cpu_autocast: bool) -> None:
-        self.float8 = float8
-        self.recipe: str = options["recipe"]
+    target: str = "Float8Linear"
+    rule: DimensionRule = FP8_RULE
+    layer_type: type[torch.nn.Module] | None = None
+
+    def __init__(self, options: dict[str, Any], *, recipe: str, emulate: bool) -> None:
+        self.recipe = recipe
         self.emulate = emulate
         self.convert_head: bool = options["convert_head"]
         self.skip: tuple[str, ...] = tuple(options["skip"])
         self.module_filter: ModuleFilter | None = options["module_filter"]
-        self.cpu_autocast = cpu_autocast
-        self.config = float8_config(
-            float8, self.recipe, emulate=emulate, fsdp_float8_all_gather=options["fsdp_float8_all_gather"]
-        )
-        self.report = ConversionReport()
+        self.report = ConversionReport(target=self.target)
+
+    def swap(self, module: torch.nn.Module, report: ConversionReport) -> torch.nn.Module:
+        raise NotImplementedError
 
     def convert(self, module: torch.nn.Module, owner: str) -> torch.nn.Module:
         report = plan(
@@ -70,7 +87,9 @@ class Float8Converter:
             convert_head=self.convert_head,
             skip=self.skip,
             module_filter=self.module_filter,
-            already=self.float8.Float8Linear,
+            already=self.layer_type,
+            rule=self.rule,
+            target=self.target,
         )
         self.report = report
         if report.skipped and not report.converted:
@@ -81,19 +100,36 @@ class Float8Converter:
             )
         if not report.converted:
             return module
+        return self.swap(module, report)
+
+
+class Float8Converter(Converter):
+    """torchao's ``Float8LinearConfig`` and ``convert_to_float8_training`` behind the common filter."""
+
+    def __init__(self, float8: Any, options: dict[str, Any], *, emulate: bool, cpu_autocast: bool) -> None:
+        super().__init__(options, recipe=options["recipe"], emulate=emulate)
+        self.float8 = float8
+        self.layer_type = float8.Float8Linear
+        self.cpu_autocast = cpu_autocast
+        self.config = float8_config(
+            float8, self.recipe, emulate=emulate, fsdp_float8_all_gather=options["fsdp_float8_all_gather"]
+        )
+
+    @override
+    def swap(self, module: torch.nn.Module, report: ConversionReport) -> torch.nn.Module:
         return convert_linear_layers(module, self.float8, self.config, report, cpu_autocast=self.cpu_autocast)
 
 
-class _Float8Conversion:
-    """What both fp8 precisions add to their family: Float8Linear conversion after the family's own, and its
-    report. Listed first in the bases, so ``super()`` reaches the family's methods."""
+class ConvertingPrecision:
+    """What every precision of this package adds to its family: Linear layer conversion after the family's own,
+    and its report. Listed first in the bases, so ``super()`` reaches the family's methods."""
 
-    converter: Float8Converter
+    converter: Converter
     name: str
 
     @property
     def emulated(self) -> bool:  # type: ignore[override] - a property over the base's class attribute
-        """fp8 matmuls emulated in float32 (``emulate``): real fp8 numerics, not fp8 speed."""
+        """Low-precision matmuls emulated in high precision (``emulate``): real numerics, not the speed."""
         return self.converter.emulate
 
     @property
@@ -110,7 +146,7 @@ class _Float8Conversion:
         return f"{type(self).__name__}(name={self.name!r}, recipe={self.converter.recipe!r})"
 
 
-class Float8MixedPrecision(_Float8Conversion, MixedPrecision):
+class Float8MixedPrecision(ConvertingPrecision, MixedPrecision):
     """fp8-mixed: float32 weights and optimizer state, bfloat16 autocast, Float8Linear matmuls in float8."""
 
     def __init__(self, device_type: str, converter: Float8Converter, *, cache_enabled: bool = True) -> None:
@@ -118,7 +154,7 @@ class Float8MixedPrecision(_Float8Conversion, MixedPrecision):
         self.converter = converter
 
 
-class Float8TruePrecision(_Float8Conversion, TruePrecision):
+class Float8TruePrecision(ConvertingPrecision, TruePrecision):
     """fp8-bf16-true: bfloat16 weights, gradients and optimizer state; Float8Linear matmuls in float8."""
 
     def __init__(self, device_type: str, converter: Float8Converter) -> None:
@@ -166,11 +202,16 @@ def _emulate(name: str, accelerator: Accelerator, options: dict[str, Any]) -> bo
     return bool(emulate)
 
 
-def _converter(name: str, accelerator: Accelerator, options: dict[str, Any], *, mixed: bool) -> Float8Converter:
+def check_filter_options(name: str, options: dict[str, Any]) -> None:
+    """``module_filter`` replaces ``skip`` and ``convert_head``: passing both is a mistake, not a combination."""
     if options["module_filter"] is not None and (options["skip"] or options["convert_head"]):
         raise ConfigurationError(
             f"precision_options for {name}: module_filter replaces skip and convert_head; pass one or the other."
         )
+
+
+def _converter(name: str, accelerator: Accelerator, options: dict[str, Any], *, mixed: bool) -> Float8Converter:
+    check_filter_options(name, options)
     if options["fsdp_float8_all_gather"] and options["recipe"] != "tensorwise":
         raise ConfigurationError(
             f"precision_options for {name}: fsdp_float8_all_gather=True needs recipe='tensorwise'"
@@ -181,15 +222,16 @@ def _converter(name: str, accelerator: Accelerator, options: dict[str, Any], *, 
     return Float8Converter(float8, options, emulate=emulate, cpu_autocast=mixed and accelerator.name != "cuda")
 
 
-def _check_available(name: str) -> None:
-    reason = unavailable_reason()
+def check_available(name: str, reason: str | None = None) -> None:
+    """Refuse a name of this package where torchao (or the part of it the name needs: ``reason``) cannot run."""
+    reason = reason or unavailable_reason()
     if reason is not None:
         raise UnsupportedPrecisionError(f"precision={name!r} comes from prec-torchao, which cannot run here: {reason}.")
 
 
 def fp8_mixed(accelerator: Accelerator, **options: Any) -> Precision:
     """fp8-mixed: float32 master weights, bfloat16 autocast, fp8 matmuls in the converted Linear layers."""
-    _check_available("fp8-mixed")
+    check_available("fp8-mixed")
     options = check_options("fp8-mixed", options, MIXED_OPTIONS)
     converter = _converter("fp8-mixed", accelerator, options, mixed=True)
     return Float8MixedPrecision(
@@ -199,7 +241,7 @@ def fp8_mixed(accelerator: Accelerator, **options: Any) -> Precision:
 
 def fp8_bf16_true(accelerator: Accelerator, **options: Any) -> Precision:
     """fp8-bf16-true: bf16-true (bfloat16 weights and optimizer state) with fp8 matmuls in converted layers."""
-    _check_available("fp8-bf16-true")
+    check_available("fp8-bf16-true")
     options = check_options("fp8-bf16-true", options, CONVERSION_OPTIONS)
     converter = _converter("fp8-bf16-true", accelerator, options, mixed=False)
     return Float8TruePrecision(accelerator.device_type or accelerator.name, converter)
