@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import prec_lightning
 import pytest
 import torch
 from _modules import load_module
@@ -13,12 +14,13 @@ from lightning.fabric import Fabric
 from torch import nn
 
 import prec
-import prec_lightning
 
 script = load_module(Path(__file__).with_name("lightning_script.py"), "_prec_lightning_script")
 
 
-def fabric_run(plugin: prec_lightning.FabricPrecision, *, clip: float | None = None, poison: int | None = None) -> nn.Module:
+def fabric_run(
+    plugin: prec_lightning.FabricPrecision, *, clip: float | None = None, poison: int | None = None
+) -> nn.Module:
     fabric = Fabric(accelerator="cpu", devices=1, plugins=[plugin])
     layers = script.build_layers()
     model, optimizer = fabric.setup(layers, script.configure(layers.parameters()))

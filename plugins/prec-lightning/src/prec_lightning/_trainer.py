@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec.errors import ConfigurationError
-from prec.precision import NonFinitePolicy
+from prec.precision import NonFinitePolicy, default_dtype
 from prec.precision import Precision as PrecPrecision
 from prec_lightning._bridge import PrecisionBridge
 
@@ -64,6 +64,7 @@ class Precision(PrecisionBridge, LightningPrecision):
         self.log_metrics = log_metrics
         # prec's backward is a plain one: keep Lightning's (LightningModule.backward, which users may override).
         self._lightning_backward = "backward" in self.prec_precision.passthrough
+        self._step_dtype = torch.get_default_dtype()
 
     @override
     def connect(
@@ -74,6 +75,7 @@ class Precision(PrecisionBridge, LightningPrecision):
         for param in model.parameters():
             self.check_device(param.device)
             break
+        self._step_dtype = torch.get_default_dtype()  # outside the step's context: the dtype steps run under
         module = _lightning_module(model)
         if module is not None:
             self._refuse_backward_override(module)
@@ -105,7 +107,18 @@ class Precision(PrecisionBridge, LightningPrecision):
         **kwargs: Any,
     ) -> Any:
         """The closure (training step and backward), Lightning's ``on_before_optimizer_step`` hooks and gradient
-        clipping on true (unscaled) gradients, then prec's guarded step."""
+        clipping on true (unscaled) gradients, then prec's guarded step.
+
+        The step runs under the default dtype of the run, not the step context's: under manual optimization
+        ``optimizer.step()`` is called inside ``training_step``, where a true precision has made its 16-bit dtype
+        the default (automatic optimization steps outside it).
+        """
+        with default_dtype(self._step_dtype):
+            return self._optimizer_step(optimizer, model, closure, **kwargs)
+
+    def _optimizer_step(
+        self, optimizer: Any, model: pl.LightningModule, closure: Callable[[], Any], **kwargs: Any
+    ) -> Any:
         if isinstance(optimizer, torch.optim.LBFGS):  # re-evaluates the loss inside step(): prec steps through it
             wrapped = partial(self._wrap_closure, model, optimizer, closure)
             result = self.prec_precision.optimizer_step(optimizer, wrapped, **kwargs)
