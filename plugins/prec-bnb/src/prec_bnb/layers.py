@@ -125,7 +125,7 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
                 device = self.bias.device if self.bias is not None else data.device
                 self.weight = bnb.nn.Params4bit.from_prequantized(data, stats, device=device, module=self)
                 self.randomly_initialised = False
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+            _load_rest(self, weight is not None, state_dict, prefix, local_metadata, strict, *args)
 
     class QuantizedLinear8bit(bnb.nn.Linear8bitLt):
         """LLM.int8(): an int8 weight with one float scale per output row (``SCB``), and a float32 bias.
@@ -207,7 +207,8 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
                 self.weight = bnb.nn.Int8Params(rows, requires_grad=False, has_fp16_weights=False, CB=rows, SCB=scales)
             if weight is not None:
                 self.randomly_initialised = False
-            torch.nn.Linear._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args)
+            handled = weight is not None and prefix + "weight" not in state_dict
+            _load_rest(self, handled, state_dict, prefix, local_metadata, strict, *args)
 
     classes: dict[str, type[torch.nn.Linear]] = {}
     for mode, (quant_type, double_quant) in FOUR_BIT_MODES.items():
@@ -217,6 +218,19 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
     classes["base:4bit"] = QuantizedLinear4bit
     classes["base:int8"] = QuantizedLinear8bit
     return classes
+
+
+def _load_rest(layer: torch.nn.Module, weight_loaded: bool, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``nn.Module``'s loading of the bias (and the weight when it was not handled already), so the weight taken
+    from ``state_dict`` before is not reported missing."""
+    parameters = dict(layer._parameters)  # noqa: SLF001 - put back in their order: state_dict keys keep it
+    if weight_loaded:
+        del layer._parameters["weight"]  # noqa: SLF001
+    try:
+        torch.nn.Module._load_from_state_dict(layer, state_dict, prefix, *args)
+    finally:
+        layer._parameters.clear()  # noqa: SLF001
+        layer._parameters.update(parameters)  # noqa: SLF001
 
 
 def _bind(base: type, mode: str, **fixed: Any) -> type:
