@@ -45,7 +45,7 @@ class WithNorms(nn.Module):
 
 
 class Outlier(nn.Module):
-    """``outlier``'s input has one channel 1e4 times larger than the rest (which that layer's weights ignore): a
+    """``outlier``'s input has one channel 1e5 times larger than the rest (which that layer's weights ignore): a
     per-tensor fp8 scale set by that channel leaves the others a few coarse steps or zero."""
 
     def __init__(self) -> None:
@@ -55,7 +55,7 @@ class Outlier(nn.Module):
         self.outlier = nn.Linear(32, 32)
         self.last = nn.Linear(32, 4)
         gain = torch.ones(32)
-        gain[0] = 1e4
+        gain[0] = 1e5
         self.register_buffer("gain", gain)
         with torch.no_grad():
             self.outlier.weight[:, 0] = 0.0

@@ -11,17 +11,18 @@ per layer with the gradients the low-precision step produced::
     if not verdict.ok:
         print(verdict.summary())
 
-Per layer (the module owning the parameters, parameters together): the relative error
+Per layer (the module owning the parameters, parameters together) and per parameter: the relative error
 ``||g_lo - g_ref|| / ||g_ref||`` and the cosine between ``g_lo`` and ``g_ref``; for the model: the relative loss
-gap ``|loss_lo - loss_ref| / |loss_ref|``. :func:`judge` names the layers whose cosine is under
-:data:`MIN_COSINE` and says whether the loss gap exceeds :data:`MAX_LOSS_GAP` or grows check after check.
+gap ``|loss_lo - loss_ref| / |loss_ref|``. :func:`judge` names the layers whose cosine, or the cosine of one of
+their parameters, is under :data:`MIN_COSINE` (a bias's large gradient must not hide a drifting weight), and says
+whether the loss gap exceeds :data:`MAX_LOSS_GAP` or grows check after check.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,11 +52,18 @@ class LayerDrift:
 
 @dataclass(frozen=True)
 class DriftReport:
-    """One drift check: every layer, and the loss in both precisions (``low_loss`` None when not given)."""
+    """One drift check: every layer (its parameters together), every parameter (by qualified name), and the loss
+    in both precisions (``low_loss`` None when not given)."""
 
     layers: dict[str, LayerDrift]
     reference_loss: float
     low_loss: float | None
+    parameters: dict[str, LayerDrift] = field(default_factory=dict)
+
+    def worst_cosine(self, layer: str) -> float:
+        """The smallest cosine of ``layer``: of its parameters together or of any one of them."""
+        own = [drift.cosine for name, drift in self.parameters.items() if _owner(name) == layer]
+        return min([self.layers[layer].cosine, *own])
 
     @property
     def loss_gap(self) -> float | None:
@@ -109,7 +117,7 @@ def gradient_drift(
     ref_loss = loss_fn(reference, cast_batch(batch, reference_dtype))
     ref_loss.backward()
     ref_grads = dict(reference.named_parameters())
-    sums: dict[str, Tensor] = {}
+    per_parameter: dict[str, Tensor] = {}
     for name, grad in low_grads.items():
         if name not in ref_grads:
             raise ConfigurationError(f"low_grads: {name!r} is not a parameter of the model.")
@@ -118,20 +126,30 @@ def gradient_drift(
             continue
         low, exact = grad.detach().double().flatten(), ref.detach().double().flatten()
         difference = low - exact
-        parts = torch.stack([difference @ difference, exact @ exact, low @ exact, low @ low])
-        previous = sums.get(_owner(name))
-        sums[_owner(name)] = parts if previous is None else previous + parts
-    layers: dict[str, LayerDrift] = {}
-    host = torch.stack(list(sums.values())).cpu().tolist() if sums else []
-    for name, (error2, ref2, dot, low2) in zip(sums, host, strict=True):
-        relative = math.sqrt(error2 / ref2) if ref2 > 0 else (0.0 if error2 == 0 else math.inf)
-        denominator = math.sqrt(ref2 * low2)
-        cosine = dot / denominator if denominator > 0 else (1.0 if ref2 == low2 == 0 else 0.0)
-        if not math.isfinite(error2):
-            relative, cosine = math.inf, -1.0
-        layers[name] = LayerDrift(name, relative, cosine)
-    low = None if low_loss is None else float(low_loss)
-    return DriftReport(layers=layers, reference_loss=float(ref_loss.detach()), low_loss=low)
+        per_parameter[name] = torch.stack([difference @ difference, exact @ exact, low @ exact, low @ low])
+    per_layer: dict[str, Tensor] = {}
+    for name, parts in per_parameter.items():
+        previous = per_layer.get(_owner(name))
+        per_layer[_owner(name)] = parts if previous is None else previous + parts
+    keys = [*per_parameter, *per_layer]
+    host = torch.stack([*per_parameter.values(), *per_layer.values()]).cpu().tolist() if keys else []
+    drifts = [_drift(name, *values) for name, values in zip(keys, host, strict=True)]
+    low = None if low_loss is None else float(low_loss.detach() if isinstance(low_loss, Tensor) else low_loss)
+    return DriftReport(
+        layers={drift.name: drift for drift in drifts[len(per_parameter) :]},
+        reference_loss=float(ref_loss.detach()),
+        low_loss=low,
+        parameters={drift.name: drift for drift in drifts[: len(per_parameter)]},
+    )
+
+
+def _drift(name: str, error2: float, ref2: float, dot: float, low2: float) -> LayerDrift:
+    if not math.isfinite(error2):
+        return LayerDrift(name, math.inf, -1.0)
+    relative = math.sqrt(error2 / ref2) if ref2 > 0 else (0.0 if error2 == 0 else math.inf)
+    denominator = math.sqrt(ref2 * low2)
+    cosine = dot / denominator if denominator > 0 else (1.0 if ref2 == low2 == 0 else 0.0)
+    return LayerDrift(name, relative, cosine)
 
 
 def judge(
@@ -145,7 +163,7 @@ def judge(
     latest = history[-1]
     drifted = tuple(
         sorted(
-            ((name, layer.cosine) for name, layer in latest.layers.items() if layer.cosine < min_cosine),
+            ((name, latest.worst_cosine(name)) for name in latest.layers if latest.worst_cosine(name) < min_cosine),
             key=lambda item: item[1],
         )
     )
