@@ -13,3 +13,9 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _optimizers_imported() -> None:
+    """The first optimizer a process builds imports torch._dynamo (seconds); pay it once here, not in a test."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

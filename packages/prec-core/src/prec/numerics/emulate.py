@@ -145,7 +145,9 @@ def _prepare(module: torch.nn.Module, dtype: torch.dtype, fmt: Format | None) ->
     return copied
 
 
-def _replay(module: torch.nn.Module, call: Call, dtype: torch.dtype, fmt: Format | None, seed_device: torch.device):
+def _replay(
+    module: torch.nn.Module, call: Call, dtype: torch.dtype, fmt: Format | None, seed_device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
     """Output and input gradients of one call of ``module`` (a prepared copy) at ``dtype``, rounded by ``fmt``."""
     rounding = fmt.round if fmt is not None else None
     args, kwargs = _cast(call.args, dtype, rounding), _cast(call.kwargs, dtype, rounding)

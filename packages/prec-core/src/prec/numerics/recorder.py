@@ -15,6 +15,8 @@ Shaped for two callers, a Trainer callback and a loop of your own::
 
 Between :meth:`~NumericsRecorder.stop` and :meth:`~NumericsRecorder.start` the recorder has no hook installed and
 costs nothing. Within a step every statistic stays on the tensors' device; only reading the result synchronises.
+A recorded step costs a float32 copy of each tensor it measures, and with ``"updates"`` two float32 copies of the
+recorded parameters and a float32 copy of their optimizer state until :meth:`~NumericsRecorder.after_optimizer_step`.
 
 Kinds of tensor (``kinds=``):
 

@@ -104,7 +104,13 @@ def intended_updates(
     for param, clone, _ in pairs:
         if param in optimizer.state and optimizer.state[param]:
             shadow.state[clone] = _state_copy(dict(optimizer.state[param]), clone.dtype)
-    shadow.step()
+    try:
+        shadow.step()
+    except TypeError as error:  # LBFGS and other optimizers whose step needs a closure
+        raise ConfigurationError(
+            f"optimizer: cannot measure intended updates of {type(optimizer).__name__}: its step() failed without"
+            f" a closure ({error}). The lost-update ratio supports optimizers that step from gradients alone."
+        ) from error
     return {param: (clone.detach() - start) for param, clone, start in pairs}
 
 
