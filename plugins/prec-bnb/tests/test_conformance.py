@@ -22,7 +22,9 @@ BY_DESIGN = {"module_init_context builds in param_dtype"}
 @pytest.mark.parametrize("compute_dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("name", CPU_NAMES)
 def test_conformance_on_cpu(name: str, compute_dtype: str) -> None:
-    report = check_precision(name, "cpu", options={**KIT_OPTIONS, "compute_dtype": compute_dtype}, raise_on_failure=False)
+    report = check_precision(
+        name, "cpu", options={**KIT_OPTIONS, "compute_dtype": compute_dtype}, raise_on_failure=False
+    )
     assert {failure.name for failure in report.failures} == BY_DESIGN, str(report)
     (detail,) = [failure.detail for failure in report.failures]
     assert "int8" in detail and detail.endswith("not torch.float32"), detail  # torch.uint8 (4-bit) or torch.int8

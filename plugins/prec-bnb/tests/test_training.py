@@ -93,8 +93,14 @@ def test_fine_tuning_with_the_trainer_lowers_the_loss(name: str) -> None:
     x = torch.randn(256, 64)
     y = torch.sin(x[:, :8].sum(1, keepdim=True))
     trainer = prec.Trainer(
-        accelerator="cpu", precision=name, precision_options=OPTIONS, max_epochs=6, logger=False,
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        accelerator="cpu",
+        precision=name,
+        precision_options=OPTIONS,
+        max_epochs=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
     )
     torch.manual_seed(0)
     with trainer.init_module():
@@ -170,7 +176,8 @@ def test_adamw8bit_with_bf16_true(options: dict) -> None:
     with precision.module_init_context():
         model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 1))
     precision.convert_module(model)
-    optimizer = bnb.optim.AdamW8bit(model.parameters(), lr=3e-3, min_8bit_size=4096)  # 8-bit state for the 64x256 weight only
+    # 8-bit state for the 64x256 weight only
+    optimizer = bnb.optim.AdamW8bit(model.parameters(), lr=3e-3, min_8bit_size=4096)
     precision.setup_module(model)
     precision.setup_optimizer(optimizer)
     x = torch.randn(128, 64)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 #: Lightning's ``BitsandbytesPrecision`` modes: (bitsandbytes quant_type, double quantization of the scales).
 FOUR_BIT_MODES = {"nf4": ("nf4", False), "nf4-dq": ("nf4", True), "fp4": ("fp4", False), "fp4-dq": ("fp4", True)}
@@ -104,6 +105,7 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
             """The weight the layer computes with, in its compute dtype."""
             return bnb.functional.dequantize_4bit(self.weight.data, self.weight.quant_state).to(self.compute_dtype)
 
+        @override
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """The matmul runs in the compute dtype. Its result keeps that dtype under autocast (as nn.Linear's
             does) and is cast back to the input's dtype otherwise. Unlike bitsandbytes' forward it never repacks
@@ -112,6 +114,7 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
             out = bnb.matmul_4bit(x.to(self.compute_dtype), self.weight, bias=bias, quant_state=self.weight.quant_state)
             return out if _autocasting(x.device.type) else out.to(x.dtype)
 
+        @override
         def _load_from_state_dict(
             self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool, *args: Any
         ) -> None:
@@ -173,6 +176,7 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
             scales = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
             return (rows.float() * (scales.float().unsqueeze(1) / 127.0)).to(self.compute_dtype)
 
+        @override
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """As :class:`QuantizedLinear4bit`'s: compute dtype inside, the float32 bias cast, not overwritten."""
             self.state.is_training = self.training
@@ -184,12 +188,14 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
                 self.weight.data = self.state.CB
             return out if _autocasting(x.device.type) else out.to(x.dtype)
 
+        @override
         def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
             torch.nn.Linear._save_to_state_dict(self, destination, prefix, keep_vars)
             if not self.state.has_fp16_weights:
                 scales = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
                 destination[prefix + "SCB"] = scales if keep_vars else scales.detach()
 
+        @override
         def _load_from_state_dict(
             self, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool, *args: Any
         ) -> None:
@@ -220,7 +226,9 @@ def layer_classes(bnb: Any) -> dict[str, type[torch.nn.Linear]]:
     return classes
 
 
-def _load_rest(layer: torch.nn.Module, weight_loaded: bool, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+def _load_rest(
+    layer: torch.nn.Module, weight_loaded: bool, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
     """``nn.Module``'s loading of the bias (and the weight when it was not handled already), so the weight taken
     from ``state_dict`` before is not reported missing."""
     parameters = dict(layer._parameters)  # noqa: SLF001 - put back in their order: state_dict keys keep it

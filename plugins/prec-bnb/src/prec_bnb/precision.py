@@ -67,7 +67,12 @@ class BitsandbytesPrecision(MixedPrecision):
         ignore_modules: tuple[str, ...] = (),
     ) -> None:
         half = compute_dtype in (torch.float16, torch.bfloat16)
-        super().__init__(name, device_type, compute_dtype if half else torch.bfloat16, scaler=True if compute_dtype == torch.float16 else None)
+        super().__init__(
+            name,
+            device_type,
+            compute_dtype if half else torch.bfloat16,
+            scaler=True if compute_dtype == torch.float16 else None,
+        )
         self.compute_dtype = compute_dtype
         self.mode = mode
         self.ignore_modules = ignore_modules
@@ -133,7 +138,7 @@ class BitsandbytesPrecision(MixedPrecision):
                 report.quantized.append(name)
         for sub in module.modules():
             if not isinstance(sub, self.quantized_types):
-                for tensor_name, tensor in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+                for tensor in [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]:
                     if tensor.is_floating_point() and tensor.dtype != torch.float32:
                         tensor.data = tensor.data.float()
             elif sub.bias is not None and sub.bias.dtype != torch.float32:
@@ -160,7 +165,10 @@ class BitsandbytesPrecision(MixedPrecision):
                 " Trainer.init_module() (it quantizes as it builds) or materialise it first."
             )
         layer = self.linear_cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, device=device,
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=device,
             compute_dtype=self.compute_dtype,
         )
         layer.quantize_(linear.weight)

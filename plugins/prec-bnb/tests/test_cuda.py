@@ -1,0 +1,36 @@
+"""On a real GPU (skipped without one): every mode, int8-training included, trains its float32 parameters."""
+
+from __future__ import annotations
+
+import prec_bnb
+import pytest
+import torch
+
+import prec
+
+
+@pytest.mark.cuda
+@pytest.mark.filterwarnings("ignore::prec.PerformanceWarning")
+@pytest.mark.parametrize("name", prec_bnb.NAMES)
+def test_fine_tuning_on_a_gpu(name: str) -> None:
+    precision = prec.get_precision(name, "cuda", ignore_modules=["2"])
+    torch.manual_seed(0)
+    with torch.device("cuda"), precision.module_init_context():
+        model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 16))
+    precision.convert_module(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randn(64, 256, device="cuda")
+    y = torch.randint(0, 16, (64,), device="cuda")
+    losses = []
+    for _ in range(30):
+        with precision.forward_context():
+            out = model(precision.convert_input(x))
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        precision.backward(loss, model)
+        precision.optimizer_step(optimizer)
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    model.eval()
+    with torch.no_grad(), precision.forward_context():
+        assert torch.isfinite(model(x)).all()  # inference too (int8-training's CUDA-only kernel)
