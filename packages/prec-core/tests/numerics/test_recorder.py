@@ -93,6 +93,10 @@ def test_underflow_counts_nonzero_values_below_the_smallest_normal_after_scaling
     assert values["fp16"]["underflow"] == pytest.approx(1 / 3)
     assert values["e4m3"]["underflow"] == pytest.approx(2 / 3)
     assert values["amax"] == 100.0 and values["fp16"]["overflow"] == 0.0
+    recorder.start()
+    layer(torch.zeros(2, 4))  # all zeros: nothing to under- or overflow, in any format
+    zeros = recorder.stop().to_dict()[""]["activations"]
+    assert zeros["amax"] == 0.0 and all(zeros[fmt] == {"underflow": 0.0, "overflow": 0.0} for fmt in ("fp16", "e4m3"))
 
 
 def test_top_offenders_sorted_by_badness_and_a_table_in_80_columns() -> None:

@@ -46,17 +46,16 @@ def tensor_counts(tensor: Tensor, formats: Sequence[Format]) -> Tensor:
     if magnitude.numel() == 0:
         return torch.zeros(width(formats), dtype=torch.float64, device=tensor.device)
     amax = magnitude.amax()
-    nonzero = magnitude != 0
-    parts = [amax.to(torch.float64), nonzero.sum(dtype=torch.float64)]
+    zeros = magnitude.numel() - torch.count_nonzero(magnitude)  # zeros lie below every threshold: taken out
+    counts = [magnitude.numel() - zeros]
     for fmt in formats:
         if fmt.scaled:
-            threshold = amax * (fmt.smallest_normal / fmt.max)  # |x| * (max / amax) < smallest_normal
-            parts.append((nonzero & (magnitude < threshold)).sum(dtype=torch.float64))
-            parts.append(torch.zeros((), dtype=torch.float64, device=tensor.device))
+            threshold = fmt.smallest_normal / fmt.scale(amax)  # |x| * scale < smallest_normal
+            counts += [torch.count_nonzero(magnitude < threshold) - zeros, torch.zeros_like(zeros)]
         else:
-            parts.append((nonzero & (magnitude < fmt.smallest_normal)).sum(dtype=torch.float64))
-            parts.append((magnitude > fmt.max).sum(dtype=torch.float64))
-    return torch.stack(parts)
+            counts.append(torch.count_nonzero(magnitude < fmt.smallest_normal) - zeros)
+            counts.append(torch.count_nonzero(magnitude > fmt.max))
+    return torch.cat([amax.to(torch.float64).reshape(1), torch.stack(counts).to(torch.float64)])
 
 
 def combine(total: Tensor | None, counts: Tensor) -> Tensor:
