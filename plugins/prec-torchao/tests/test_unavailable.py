@@ -59,7 +59,8 @@ def test_not_installed(tmp_path: Path) -> None:
     result = probe(tmp_path, setup="sys.modules['torchao'] = None")
     assert_discovery_intact(result)
     assert result["reason"].startswith("torchao is not installed; pip install 'torchao>=0.18.0'")
-    assert result["descriptions"]["fp8-mixed@cpu"] == f"unavailable: {result['reason']}"
+    for name in ("fp8-mixed@cpu", "mxfp8-mixed@cuda", "int8-mixed@cpu"):
+        assert result["descriptions"][name] == f"unavailable: {result['reason']}"
     assert (
         result["error"] == f"precision='fp8-mixed' comes from prec-torchao, which cannot run here: {result['reason']}."
     )
@@ -85,6 +86,10 @@ def test_installed_but_broken(tmp_path: Path) -> None:
     assert result["reason"] is None  # found without importing it: the failure shows at selection
     error = result["error"]
     assert "is installed but failed to import with torch" in error and "undefined symbol" in error, error
+    # this torchao has no MXFP8 training files: the MX name says so without importing it, the others do not
+    assert result["descriptions"]["mxfp8-mixed@cpu"].startswith("unavailable: torchao 0.18.0 has no")
+    assert "torchao.prototype.moe_training.mxfp8_linear" in result["descriptions"]["mxfp8-mixed@cuda"]
+    assert not result["descriptions"]["int8-mixed@cpu"].startswith("unavailable")
 
 
 def test_installed_here() -> None:
