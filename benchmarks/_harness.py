@@ -111,7 +111,7 @@ class Summary:
 
 
 def machine() -> dict[str, Any]:
-    from prec.bench import machine_info
+    from prec.cli.bench import machine_info
 
     info = machine_info()
     info.update(

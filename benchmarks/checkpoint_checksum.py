@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from prec.checkpoint import atomic_save, read_checkpoint
-from prec.checkpoint_digest import ALGORITHMS, payload_digest
+from prec.checkpoint.digest import ALGORITHMS, payload_digest
+from prec.training.checkpointing import atomic_save, read_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 REPEATS = 5

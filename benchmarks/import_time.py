@@ -4,7 +4,7 @@
 
 Each command runs in a fresh interpreter; the commands are interleaved in rounds (order rotating) so load from
 other processes hits them alike. Reports the median wall time, min–max and the ratio to ``import torch``
-(target: ``prec list`` <= 1.10x). Also records which modules ``import prec`` and ``import prec.cli`` pull in
+(target: ``prec list`` <= 1.10x). Also records which modules ``import prec`` and ``import prec.cli.app`` pull in
 (target: no plugin, and no torch). Writes results/import_time.{json,md}.
 """
 
@@ -36,7 +36,7 @@ def commands() -> dict[str, list[str]]:
     script = shutil.which("prec", path=str(Path(python).parent)) or shutil.which("prec")
     found = {
         "import torch": [python, "-c", "import torch"],
-        "prec list": [script, "list"] if script else [python, "-m", "prec.cli", "list"],
+        "prec list": [script, "list"] if script else [python, "-m", "prec.cli.app", "list"],
         "import prec": [python, "-c", "import prec"],
     }
     if has_lightning():
@@ -94,13 +94,13 @@ def main() -> None:
                 "paired_ratio_median": statistics.median(paired),
             }
         )
-    modules = {module: imported_by(module) for module in ("prec", "prec.cli")}
+    modules = {module: imported_by(module) for module in ("prec", "prec.cli.app")}
     plugins = _plugin_modules()
     checks = {
         "prec_list_ratio": next(r["ratio_to_import_torch"] for r in results if r["case"] == "prec list"),
         "import_prec_loads_no_plugin": not set(modules["prec"]) & set(plugins),
         "import_prec_loads_no_torch": "torch" not in modules["prec"],
-        "import_prec_cli_loads_no_torch": "torch" not in modules["prec.cli"],
+        "import_prec_cli_loads_no_torch": "torch" not in modules["prec.cli.app"],
     }
     data = {"rounds": args.rounds, "machine": machine(), "results": results, "imports": modules, "checks": checks}
     rows = [
@@ -126,7 +126,8 @@ def main() -> None:
             f" {'met' if ratio <= LIST_TARGET else '**missed**'})",
             f"- `import prec` loads: {', '.join(modules['prec']) or 'none of torch, plugins, pluggy, tqdm'}"
             f" (plugins installed: {', '.join(plugins)})",
-            f"- `import prec.cli` loads: {', '.join(modules['prec.cli']) or 'none of torch, plugins, pluggy, tqdm'}",
+            f"- `import prec.cli.app` loads: "
+            f"{', '.join(modules['prec.cli.app']) or 'none of torch, plugins, pluggy, tqdm'}",
         ]
     )
     path = write_results("import_time", data, markdown)

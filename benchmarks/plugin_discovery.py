@@ -53,8 +53,8 @@ def prec_register_precisions(register):
 MEASURE = r"""
 import json, time
 from importlib.metadata import distributions, entry_points
-import torch, prec, prec.accelerator, prec.strategy, prec.precision  # imported before any timing
-from prec import plugins
+import torch, prec, prec.accelerator, prec.strategies.base, prec.precision  # imported before any timing
+from prec.plugin import manager as plugins
 
 def timed(function):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -96,7 +96,7 @@ def measure(sandbox: Sandbox, repeats: int) -> dict[str, Any]:
             raise RuntimeError(result.stderr)
     best["prec_list_json_wall_ms"] = 1e3 * min(walls)
     start = time.perf_counter()
-    sandbox.run("-c", "import torch, prec.cli")
+    sandbox.run("-c", "import torch, prec.cli.app")
     best["python_torch_prec_import_wall_ms"] = 1e3 * (time.perf_counter() - start)
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in best.items()}
 

@@ -19,7 +19,7 @@ import torch
 
 import prec
 from prec.precision import NORM_TYPES, MasterWeightsPrecision
-from prec.summary import summarize
+from prec.training.summary import summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES: list[tuple[str, dict[str, Any]]] = [

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from prec.bench import PrecisionResult, recommend, resolve_model
-from prec.cli import main
+from prec.cli.app import main
+from prec.cli.bench import PrecisionResult, recommend, resolve_model
 from prec.errors import ConfigurationError
 
 FAST = ["--steps", "3", "--warmup", "1", "--repeats", "1", "--no-progress", "--threads", "1"]
@@ -27,7 +27,7 @@ def _bench(*args: str) -> dict:
 
 
 def test_json_schema_covers_every_cpu_precision() -> None:
-    from prec.plugins import get_registry
+    from prec.training.composition import get_registry
 
     data = _bench("--model", "mlp-small", "--accelerator", "cpu")
     assert data["model"] == "mlp-small" and data["accelerator"] == "cpu"
@@ -150,7 +150,7 @@ def test_recommend_never_picks_a_true_precision_unless_asked() -> None:
 
 
 def test_noise_is_reported() -> None:
-    from prec.bench import noise
+    from prec.cli.bench import noise
 
     steady = PrecisionResult("32-true", steps_per_s=100.0, rounds=[99.0, 100.0, 101.0])
     shaky = PrecisionResult("bf16-mixed", steps_per_s=100.0, rounds=[60.0, 100.0, 140.0])

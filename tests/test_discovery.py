@@ -98,7 +98,7 @@ def _run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_installed_plugin_appears_in_prec_list(site: Path) -> None:
-    result = _run(site, "-m", "prec.cli", "list", "--json")
+    result = _run(site, "-m", "prec.cli.app", "list", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     plugins = {plugin["name"]: plugin for plugin in data["plugins"]}

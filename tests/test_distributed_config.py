@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import prec
-from prec.distributed.data import EpochLoader, distribute_dataloader
-from prec.distributed.ddp import DDPStrategy
-from prec.distributed.fsdp import FSDPStrategy, mixed_precision_policy
+from prec.cluster.data import EpochLoader, distribute_dataloader
 from prec.errors import ConfigurationError, PrecWarning, UnknownStrategyError
 from prec.precision import MixedPrecision, Precision, TruePrecision
+from prec.strategies.ddp import DDPStrategy
+from prec.strategies.fsdp import FSDPStrategy, mixed_precision_policy
 
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
 

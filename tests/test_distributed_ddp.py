@@ -98,7 +98,7 @@ WORKER = textwrap.dedent(
     def run(out, name, strategy="ddp", **options):
         plain_scaler = options.pop("plain_scaler", False)
         if plain_scaler:  # observe torch's own GradScaler under DDP, without prec's synchronised one
-            from prec.distributed.ddp import DDPStrategy
+            from prec.strategies.ddp import DDPStrategy
 
             synchronise, DDPStrategy._synchronise_scaler = DDPStrategy._synchronise_scaler, lambda self: None
         inject = options.pop("inject", None)

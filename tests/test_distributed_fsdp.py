@@ -59,7 +59,7 @@ def test_fsdp_fit_matches_single_process(
 def test_fsdp_checkpoint_holds_full_weights_for_one_process(fsdp_run: Path, tmp_path: Path) -> None:
     """Saved under FSDP (sharded with torch.distributed.checkpoint: no rank gathers the model), exported to one
     file offline, resumed by a single process."""
-    from prec.distributed.sharded_checkpoint import export_full_checkpoint, is_sharded_checkpoint
+    from prec.checkpoint.sharded import export_full_checkpoint, is_sharded_checkpoint
 
     (_, state0), _ = ddp.results(fsdp_run, "fsdp32")
     assert is_sharded_checkpoint(fsdp_run / "fsdp.ckpt")

@@ -206,7 +206,7 @@ def test_an_exported_sharded_checkpoint_resumes_in_one_process(
     fsdp_precision_run: Path, tmp_path: Path, mode: str
 ) -> None:
     """export_full_checkpoint rebuilds the float32 copies / compensation from every rank's shard."""
-    from prec.distributed.sharded_checkpoint import export_full_checkpoint
+    from prec.checkpoint.sharded import export_full_checkpoint
 
     exported = tmp_path / "full.ckpt"
     export_full_checkpoint(fsdp_precision_run / f"{mode}_epoch1.ckpt", exported)

@@ -13,7 +13,7 @@ import torch
 from _modules import sibling
 
 from prec.errors import ConfigurationError
-from prec.metrics import MetricStore, infer_batch_size
+from prec.training.metrics import MetricStore, infer_batch_size
 
 HANG_GUARD_S = 240
 

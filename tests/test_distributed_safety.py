@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from prec.distributed.cluster import first_host, slurm_port, slurm_variables
+from prec.cluster.detection import first_host, slurm_port, slurm_variables
 from prec.errors import ConfigurationError
 
 HANG_GUARD_S = 180

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prec.distributed.sharded_checkpoint import export_full_checkpoint, is_sharded_checkpoint
+from prec.checkpoint.sharded import export_full_checkpoint, is_sharded_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ WORKER = textwrap.dedent(
     from torch.distributed.fsdp import fully_shard
 
     import prec
-    from prec.distributed.sharded_checkpoint import load_sharded, save_sharded
+    from prec.checkpoint.sharded import load_sharded, save_sharded
 
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])
@@ -121,7 +121,7 @@ WORKER = textwrap.dedent(
 
     # -- a save killed after its files were written, before the swap: the previous checkpoint stays -------------
     if rank == 0:
-        import prec.distributed.sharded_checkpoint as sharded_checkpoint
+        import prec.checkpoint.sharded as sharded_checkpoint
 
         def killed(staging, target):
             os._exit(9)
@@ -177,7 +177,7 @@ SYNC_WORKER = textwrap.dedent(
                     wrapped("training_step", x, y).backward()
             optimizer.step()
             optimizer.zero_grad()
-        return {k: v.detach().clone() for k, v in prec.distributed.ddp.unwrap(wrapped).state_dict().items()}
+        return {k: v.detach().clone() for k, v in prec.strategies.ddp.unwrap(wrapped).state_dict().items()}
 
 
     import contextlib

@@ -240,7 +240,7 @@ def _porting_bullet(label: str) -> str:
 
 
 def test_callback_has_every_lightning_hook_and_the_guide_says_which_it_adds() -> None:
-    from prec.callbacks import CALLBACK_HOOKS
+    from prec.model.callback import CALLBACK_HOOKS
 
     assert set(CALLBACK_HOOKS) - set(LIGHTNING_CALLBACK_HOOKS) == {"on_train_epoch_completed"}
     assert set(LIGHTNING_CALLBACK_HOOKS) <= set(CALLBACK_HOOKS)
@@ -274,7 +274,7 @@ def test_the_trainer_arguments_the_guide_says_prec_lacks_are_refused_by_name() -
 
 
 def test_the_module_attributes_the_guide_says_prec_lacks_are_absent() -> None:
-    from prec.hooks import UNCALLED_MODULE_HOOKS
+    from prec.training.hook_calls import UNCALLED_MODULE_HOOKS
 
     bullet = _porting_bullet("On the module")
     names = re.findall(r"`self\.(\w+)(?:\([^`]*\))?`", bullet)
@@ -363,7 +363,7 @@ def test_generated_support_table_agrees_with_the_reference() -> None:
 
 
 def test_generated_hookspecs_cover_every_hook() -> None:
-    from prec.plugins import HOOK_ORDER
+    from prec.plugin.manager import HOOK_ORDER
 
     text = _build_hook().hookspecs_markdown()
     for hook in HOOK_ORDER:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from prec import hookspecs
-from prec.plugins import HOOK_ORDER, _Loader
-from prec.registry import Origin
+import prec.hookspecs as hookspecs
+from prec.plugin.manager import HOOK_ORDER, _Loader
+from prec.plugin.registry import Origin
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKSPECS = sorted(

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import prec
-from prec import catalogue
-from prec.cli import collect
-from prec.registry import Registry
+from prec.cli.app import collect
+from prec.plugin import catalogue
+from prec.plugin.registry import Registry
 
 Register = Callable[[object, str], str]
 
@@ -149,7 +149,7 @@ def test_select_precision_returns_the_auto_reason() -> None:
 
 
 # -- registration rules ---------------------------------------------------------------------------------------
-def _broken(name: str) -> prec.entries.PluginInfo:  # type: ignore[name-defined]
+def _broken(name: str) -> prec.plugin.entries.PluginInfo:  # type: ignore[name-defined]
     return prec.get_registry().plugins[name]
 
 
@@ -235,24 +235,23 @@ def test_the_first_party_catalogue_is_public_and_the_registry_uses_it() -> None:
     assert catalogue.known_gap("32-true", "cpu") is None
     assert catalogue.package_for_pair("64-true", "cpu") == "prec-double"
     assert catalogue.package_for_accelerator("gpu") == "prec-cuda"
-    assert catalogue.is_first_party("Prec_CPU") and not catalogue.is_first_party("prec-toy")
-    from prec import registry
+    from prec.plugin import registry
 
-    assert registry.KNOWN_GAPS is catalogue.KNOWN_GAPS and registry.BUILTIN_PAIR_PACKAGES is catalogue.PAIR_PACKAGES
+    assert registry.KNOWN_GAPS is catalogue.KNOWN_GAPS
 
 
 def test_core_strategies_are_a_plugin_module_of_their_own() -> None:
-    import prec.core_strategies
-    import prec.plugins
-    import prec.strategy
+    import prec.plugin.manager
+    import prec.strategies.base
+    import prec.training.builtin_strategies
 
-    assert not hasattr(prec.strategy, "prec_register_strategies")
+    assert not hasattr(prec.strategies.base, "prec_register_strategies")
     registry = prec.get_registry()
-    assert registry.plugins["prec.core"].module == "prec.core_strategies"
+    assert registry.plugins["prec.core"].module == "prec.training.builtin_strategies"
     assert {"single", "ddp", "fsdp"} <= set(registry.strategies)
     assert registry.strategies["ddp"].origin.distribution == "prec-core"
-    assert not hasattr(prec.plugins, "list_plugins")
-    from prec.entries import PluginInfo
+    assert not hasattr(prec.plugin.manager, "list_plugins")
+    from prec.plugin.entries import PluginInfo
 
     assert type(registry.plugins["prec.core"]) is PluginInfo
 
@@ -261,7 +260,7 @@ def test_building_the_core_plugin_does_not_import_torch_distributed() -> None:
     import subprocess
 
     code = (
-        "import sys, prec; from prec.plugins import get_registry; import os; "
+        "import sys, prec; from prec.training.composition import get_registry; import os; "
         "os.environ['PREC_DISABLE_PLUGIN_AUTOLOAD'] = '1'; get_registry(); "
         "print('torch.distributed.fsdp' in sys.modules)"
     )

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import prec
-from prec import plugins as plugin_loader
-from prec.cli import collect
-from prec.entries import PluginInfo
-from prec.registry import Registry
+from prec.cli.app import collect
+from prec.plugin import manager as plugin_loader
+from prec.plugin.entries import PluginInfo
+from prec.plugin.registry import Registry
 
 Register = Callable[[object, str], str]
 

@@ -103,8 +103,8 @@ SCENARIOS = r"""
 import contextlib, io, json, os, sys, warnings
 import torch
 import prec
-from prec.cli import collect, render
-from prec.plugins import reset_registry
+from prec.cli.app import collect, render
+from prec.plugin.manager import reset_registry
 
 
 def build(**env):

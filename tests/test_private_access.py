@@ -3,7 +3,7 @@
 The rule, checked on the source of prec-core and of every first-party plugin:
 
 * ``from prec.x import _name`` from another module is a violation (a private name is its module's own; a private
-  *module* such as ``prec._verify`` is the package's, and its public names are for the package to use);
+  *module* such as ``prec.plugin._verify`` is the package's, and its public names are for the package to use);
 * ``obj._name`` where ``obj`` is not ``self``/``cls`` is a violation when ``_name`` is a private member that prec
   itself defines (assigned as ``self._name``, or defined in a class or module body): it reaches into another
   object's state. Private members of third-party objects (torch's) are not prec's to tidy: where prec must touch

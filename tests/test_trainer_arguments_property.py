@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prec
-from prec.config import LEFT_OUT, TrainerConfig
+from prec.training.config import LEFT_OUT, TrainerConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::prec.errors.PrecWarning")
 

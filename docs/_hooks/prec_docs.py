@@ -4,10 +4,10 @@ A page asks for generated content with an HTML comment on a line of its own:
 
 ``<!-- prec:support-table -->``     precision x accelerator table from ``prec.get_registry().matrix()``
 ``<!-- prec:accelerators -->``      registered accelerators, their aliases and availability on the build machine
-``<!-- prec:known-gaps -->``        pairs the support table rules out, and why (``prec.registry.KNOWN_GAPS``)
+``<!-- prec:known-gaps -->``        pairs the support table rules out, and why (``prec.plugin.registry.KNOWN_GAPS``)
 ``<!-- prec:legacy-names -->``      legacy precision values and their canonical names (``prec.names``)
 ``<!-- prec:hookspecs -->``         the plugin hook specifications, from ``prec.hookspecs`` docstrings
-``<!-- prec:env-vars -->``          the plugin environment variables, from the ``prec.plugins`` docstring
+``<!-- prec:env-vars -->``          the plugin environment variables, from the ``prec.plugin.manager`` docstring
 ``<!-- prec:strategies -->``        registered strategies with the accelerators and precisions they accept
 ``<!-- prec:command ARGS -->``      the real output of ``prec ARGS``, run in a subprocess while building
 ``<!-- prec:link PAGE TEXT -->``    a link to PAGE when that page exists in this build, else TEXT alone
@@ -111,10 +111,10 @@ def builtin_distributions() -> list[str]:
     third-party plugin in the same environment (an example, a local experiment) never changes the pages."""
     from importlib.metadata import PackageNotFoundError, distribution
 
-    from prec.registry import BUILTIN_ACCELERATOR_PACKAGES, BUILTIN_PAIR_PACKAGES
+    from prec.plugin.catalogue import ACCELERATOR_PACKAGES, PAIR_PACKAGES
 
     installed = []
-    for name in sorted(set(BUILTIN_ACCELERATOR_PACKAGES.values()) | set(BUILTIN_PAIR_PACKAGES.values())):
+    for name in sorted(set(ACCELERATOR_PACKAGES.values()) | set(PAIR_PACKAGES.values())):
         try:
             distribution(name)
         except PackageNotFoundError:
@@ -155,23 +155,23 @@ def registry() -> Any:
 
 def _columns(reg: Any) -> list[str]:
     """Installed accelerators, then those a built-in package would add, in a stable order."""
-    from prec.registry import BUILTIN_ACCELERATOR_PACKAGES
+    from prec.plugin.catalogue import ACCELERATOR_PACKAGES
 
-    installed = sorted(reg.accelerators, key=lambda name: (name not in BUILTIN_ACCELERATOR_PACKAGES, name))
+    installed = sorted(reg.accelerators, key=lambda name: (name not in ACCELERATOR_PACKAGES, name))
     registered = {accelerator for _, accelerator in reg.precisions}
-    builtin = [name for name in BUILTIN_ACCELERATOR_PACKAGES if name not in installed]
+    builtin = [name for name in ACCELERATOR_PACKAGES if name not in installed]
     others = sorted(registered - set(installed) - set(builtin))
     return installed + builtin + others
 
 
 def _accelerator_label(reg: Any, name: str) -> str:
-    from prec.registry import BUILTIN_ACCELERATOR_ALIASES
+    from prec.plugin.catalogue import ACCELERATOR_ALIASES
 
     entry = reg.accelerators.get(name)
     aliases = (
         entry.aliases
         if entry is not None
-        else tuple(alias for alias, target in BUILTIN_ACCELERATOR_ALIASES.items() if target == name)
+        else tuple(alias for alias, target in ACCELERATOR_ALIASES.items() if target == name)
     )
     return f"`{name}`" + (f" ({', '.join(f'`{alias}`' for alias in aliases)})" if aliases else "")
 
@@ -179,7 +179,7 @@ def _accelerator_label(reg: Any, name: str) -> str:
 def support_table() -> str:
     """One row per precision, one column per accelerator; a cell names the package that provides the pair."""
     from prec.names import CANONICAL_PRECISIONS
-    from prec.registry import BUILTIN_PAIR_PACKAGES, KNOWN_GAPS
+    from prec.plugin.catalogue import KNOWN_GAPS, PAIR_PACKAGES
 
     reg = registry()
     columns = _columns(reg)
@@ -194,8 +194,8 @@ def support_table() -> str:
             entry = reg.precisions.get((name, column))
             if entry is not None:
                 cells.append(f"yes (`{entry.origin.distribution or entry.origin.plugin}`)")
-            elif (name, column) in BUILTIN_PAIR_PACKAGES:
-                cells.append(f"with `{BUILTIN_PAIR_PACKAGES[(name, column)]}` (not installed in this build)")
+            elif (name, column) in PAIR_PACKAGES:
+                cells.append(f"with `{PAIR_PACKAGES[(name, column)]}` (not installed in this build)")
             elif (name, column) in KNOWN_GAPS:
                 cells.append("no [^gap]")
             else:
@@ -206,7 +206,7 @@ def support_table() -> str:
 
 
 def accelerator_table() -> str:
-    from prec.registry import BUILTIN_ACCELERATOR_PACKAGES
+    from prec.plugin.catalogue import ACCELERATOR_PACKAGES
 
     reg = registry()
     lines = [
@@ -216,7 +216,7 @@ def accelerator_table() -> str:
     for name in _columns(reg):
         entry = reg.accelerators.get(name)
         if entry is None:
-            package = BUILTIN_ACCELERATOR_PACKAGES.get(name, "?")
+            package = ACCELERATOR_PACKAGES.get(name, "?")
             lines.append(f"| {_accelerator_label(reg, name)} | | `{package}` | | not installed in this build |")
             continue
         availability = reg.accelerator(name).availability()
@@ -239,7 +239,7 @@ def strategies_table() -> str:
 
 
 def known_gaps() -> str:
-    from prec.registry import KNOWN_GAPS
+    from prec.plugin.registry import KNOWN_GAPS
 
     return "\n".join(f"- **`{name}` on `{accelerator}`**: {why}." for (name, accelerator), why in KNOWN_GAPS.items())
 
@@ -287,9 +287,9 @@ def rst_to_markdown(text: str) -> str:
 
 
 def hookspecs_markdown() -> str:
-    from prec import hookspecs
-    from prec import registry as registry_module
-    from prec.plugins import HOOK_ORDER
+    import prec.hookspecs as hookspecs
+    from prec.plugin import registry as registry_module
+    from prec.plugin.manager import HOOK_ORDER
 
     protocols = {
         hook: getattr(hookspecs, protocol, None) or getattr(registry_module, protocol, None)
@@ -319,12 +319,12 @@ def _unquoted(signature: inspect.Signature) -> str:
 
 
 def env_vars_table() -> str:
-    """The ``PREC_*`` variables, parsed from the documented list in ``prec.plugins``."""
-    from prec import plugins
+    """The ``PREC_*`` variables, parsed from the documented list in ``prec.plugin.manager``."""
+    from prec.plugin import manager as plugins
 
     rows = re.findall(r"^``(PREC_[A-Z_]+)=?([^`]*)``\s+(.+)$", plugins.__doc__ or "", re.MULTILINE)
     if not rows:
-        raise ValueError("prec.plugins documents no PREC_* environment variables")
+        raise ValueError("prec.plugin.manager documents no PREC_* environment variables")
     lines = ["| variable | example | effect |", "|---|---|---|"]
     for name, example, effect in rows:
         lines.append(f"| `{name}` | `{name}={example}` | {rst_to_markdown(effect.strip())} |")
@@ -338,7 +338,7 @@ def run_prec(args: list[str]) -> str:
     if key not in _command_cache:
         env = {name: value for name, value in os.environ.items() if not name.startswith("PREC_")}
         env.update(COLUMNS="100", **builtin_env())
-        code = "import sys; from prec.cli import main; sys.exit(main(prog_name='prec'))"
+        code = "import sys; from prec.cli.app import main; sys.exit(main(prog_name='prec'))"
         result = subprocess.run(
             [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120, check=False
         )

@@ -21,7 +21,7 @@ fi
 
 echo "== environment"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, '| CUDA build:', torch.version.cuda)"
-"$PYTHON" -m prec.cli list
+"$PYTHON" -m prec.cli.app list
 
 echo
 echo "== tests marked cuda"

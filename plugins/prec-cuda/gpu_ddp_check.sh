@@ -33,8 +33,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.distributed.ddp import unwrap
-from prec.distributed.sharded_checkpoint import load_sharded, save_sharded
+from prec.strategies.ddp import unwrap
+from prec.checkpoint.sharded import load_sharded, save_sharded
 
 results_file, scratch = Path(sys.argv[1]), Path(sys.argv[2])
 world = int(os.environ["WORLD_SIZE"])

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.callbacks import CALLBACK_HOOKS, uncalled_overrides
+from prec.model.callback import CALLBACK_HOOKS, uncalled_overrides
 
 
 def _loader(n: int = 16, batch_size: int = 4) -> DataLoader[Any]:

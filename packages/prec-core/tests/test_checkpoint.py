@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.checkpoint import read_checkpoint
+from prec.training.checkpointing import read_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::prec.errors.PerformanceWarning")
 

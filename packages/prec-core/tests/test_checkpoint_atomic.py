@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from prec.checkpoint import atomic_save, read_checkpoint
+from prec.training.checkpointing import atomic_save, read_checkpoint
 
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from prec.checkpoint import atomic_save
+    from prec.training.checkpointing import atomic_save
     big = {"state_dict": {"w": torch.ones(32 * 1024 * 1024)}}  # 128 MiB: the write takes a while
     print("writing", flush=True)
     atomic_save(big, sys.argv[1])

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from prec.checkpoint import (
+from prec.errors import CheckpointError
+from prec.training.checkpointing import (
     atomic_save,
     check_foreign_checkpoint,
     check_model_state,
     load_optimizer_state,
     read_checkpoint,
 )
-from prec.errors import CheckpointError
 
 
 def model() -> torch.nn.Module:

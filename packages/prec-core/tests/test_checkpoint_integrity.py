@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prec.checkpoint import STALE_TEMP_AGE_S, atomic_save, read_checkpoint
 from prec.errors import CheckpointError
+from prec.training.checkpointing import STALE_TEMP_AGE_S, atomic_save, read_checkpoint
 
 
 def small_checkpoint() -> dict[str, object]:
@@ -91,7 +91,7 @@ def test_a_checkpoint_without_checksum_still_loads_with_a_note(
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from prec.checkpoint import atomic_save
+    from prec.training.checkpointing import atomic_save
     print("writing", flush=True)
     atomic_save({"state_dict": {"w": torch.ones(16 * 1024 * 1024)}}, sys.argv[1])
     """

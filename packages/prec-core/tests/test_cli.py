@@ -16,7 +16,7 @@ import prec.names
 
 def run_prec(*args: str) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("prec") or ""
-    command = [executable, *args] if executable else [sys.executable, "-m", "prec.cli", *args]
+    command = [executable, *args] if executable else [sys.executable, "-m", "prec.cli.app", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -74,7 +74,7 @@ def test_import_prec_loads_no_plugin_and_builds_no_registry() -> None:
         "import sys, prec; "
         "assert 'prec_cpu' not in sys.modules, 'plugin imported'; "
         "assert 'prec.trainer' not in sys.modules; "
-        "import prec.plugins as p; assert p._registry is None; print('ok')"
+        "import prec.plugin.manager as p; assert p._registry is None; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.strip() == "ok", result.stderr

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import prec
-from prec.config import LEFT_OUT, TrainerConfig
 from prec.errors import ConfigurationError
+from prec.training.config import LEFT_OUT, TrainerConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::prec.errors.PerformanceWarning")
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.datamodule import StageData
+from prec.model.datamodule import StageData
 
 
 def _dataset(n: int = 32) -> TensorDataset:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.hparams import CHECKPOINT_KEY, checkpoint_hparams
+from prec.model.hparams import CHECKPOINT_KEY, checkpoint_hparams
 
 
 class Net(prec.TrainingModule):

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.progress import results_table
+from prec.callbacks.progress import results_table
 
 
 class Net(prec.TrainingModule):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.checkpoint import read_checkpoint
+from prec.training.checkpointing import read_checkpoint
 
 
 def make_loader(n: int = 32, batch_size: int = 4) -> DataLoader[Any]:

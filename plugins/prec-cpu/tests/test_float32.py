@@ -11,14 +11,14 @@ import torch
 
 import prec
 from prec.precision import Float32Precision
-from prec.precision.float32 import float32_math_settings
+from prec.precision.tf32 import float32_math_settings
 
 # Each case runs in a fresh interpreter: the flags are process-global, and torch refuses to read a legacy flag
 # once the two generations of settings disagree.
 SCRIPT = textwrap.dedent(
     """
     import torch, prec
-    from prec.precision.float32 import float32_math_settings
+    from prec.precision.tf32 import float32_math_settings
     b = torch.backends
     {prepare}
     before = float32_math_settings()
@@ -69,7 +69,7 @@ def test_a_user_setting_is_restored_exactly(prepare: str) -> None:
 
 def test_every_fp32_precision_setting_is_full_float32_during_the_run() -> None:
     code = (
-        "import torch, prec, operator\nfrom prec.precision.float32 import FP32_PRECISION_SETTINGS as S\n"
+        "import torch, prec, operator\nfrom prec.precision.tf32 import FP32_PRECISION_SETTINGS as S\n"
         "b = torch.backends\nb.mkldnn.rnn.fp32_precision = 'bf16'\np = prec.get_precision('32-true', 'cpu')\n"
         "p.setup()\nprint(*[operator.attrgetter(s)(b).fp32_precision for s in S])\np.teardown()\n"
         "print(b.mkldnn.rnn.fp32_precision)"

@@ -1,4 +1,4 @@
-"""prec.summary against sizes computed by hand, for each precision."""
+"""prec.training.summary against sizes computed by hand, for each precision."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 import prec
 from prec.precision import MixedPrecision
-from prec.summary import summarize
+from prec.training.summary import summarize
 
 pytestmark = pytest.mark.filterwarnings("ignore::prec.PerformanceWarning")
 

@@ -10,8 +10,8 @@ import torch
 
 import prec
 import prec_double
-from prec.cli import collect
-from prec.plugins import get_registry
+from prec.cli.app import collect
+from prec.training.composition import get_registry
 
 
 def test_registers_64_true_for_cpu_and_cuda_from_its_distribution() -> None:
@@ -45,7 +45,7 @@ def test_unknown_option_is_a_configuration_error() -> None:
 
 def test_prec_list_shows_64_true_on_cpu_and_cuda() -> None:
     """The real command in a fresh process: what a user sees after ``pip install prec-double``."""
-    command = [sys.executable, "-m", "prec.cli", "list"]
+    command = [sys.executable, "-m", "prec.cli.app", "list"]
     table = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
     header = table.splitlines()[1].split()
     row = next(line.split() for line in table.splitlines() if line.startswith("64-true "))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prec.bench import run_bench
+from prec.cli.bench import run_bench
 
 
 @pytest.mark.filterwarnings("ignore::prec.PerformanceWarning")

@@ -213,7 +213,7 @@ def test_bad_options_are_configuration_errors(options: dict[str, Any], match: st
 
 
 def test_prec_list_names_the_distribution() -> None:
-    from prec.cli import collect
+    from prec.cli.app import collect
 
     rows = {(row["name"], row["accelerator"]): row for row in collect()["precisions"]}
     for key in [("fp8-mixed", "cpu"), ("fp8-bf16-true", "cpu"), ("fp8-mixed", "cuda"), ("fp8-bf16-true", "cuda")]:

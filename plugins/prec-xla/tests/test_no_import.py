@@ -22,7 +22,7 @@ CHECK = """
 import json, sys
 import prec, prec_xla
 registry = prec.get_registry()
-from prec.cli import collect, main
+from prec.cli.app import collect, main
 data = collect()
 main(["list"], standalone_mode=False)
 

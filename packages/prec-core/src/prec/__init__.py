@@ -1,7 +1,9 @@
 """prec: pluggable precision for PyTorch training.
 
 ``import prec`` is cheap: it loads no plugin and builds no registry. Both happen on first use (a Trainer,
-:func:`get_precision`, ``prec list``).
+:func:`get_precision`, ``prec list``). Every public name is declared once, in :data:`_EXPORTS` (name -> module);
+``__all__`` is that table's keys. The errors, the hook markers and the options are imported at once (plugins use
+them at import time); everything else is imported when first used.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from prec._version import __version__
 from prec._warnings import warn
 from prec.errors import (
     AcceleratorUnavailableError,
@@ -30,139 +33,90 @@ from prec.options import Option, check_options
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator, Availability
-    from prec.callbacks import Callback
-    from prec.loggers import CSVLogger
-    from prec.model_checkpoint import ModelCheckpoint
-    from prec.module import TrainingModule
-    from prec.plugins import get_registry, register_plugin, reset_registry, unregister_plugin
-    from prec.precision import MixedPrecision, Precision, TruePrecision
-    from prec.strategy import Strategy
+    from prec.callbacks.early_stopping import EarlyStopping
+    from prec.callbacks.finetuning import BaseFinetuning
+    from prec.callbacks.lr_monitor import LearningRateMonitor
+    from prec.callbacks.model_checkpoint import ModelCheckpoint
+    from prec.callbacks.progress import ProgressBarCallback, TQDMProgressBar
+    from prec.loggers import CSVLogger, Logger, TensorBoardLogger
+    from prec.model.callback import Callback
+    from prec.model.datamodule import DataModule, StageData, resolve_dataloaders
+    from prec.model.hparams import AttributeDict, load_from_checkpoint, save_hyperparameters
+    from prec.model.module import TrainingModule
+    from prec.plugin.manager import register_plugin, reset_registry, unregister_plugin
+    from prec.precision import MixedPrecision, NonFinitePolicy, Precision, TruePrecision
+    from prec.seed import Deterministic, seed_everything, worker_init_fn
+    from prec.strategies.base import Strategy
     from prec.trainer import Trainer
+    from prec.training.composition import get_precision, get_registry
+    from prec.training.run_state import RunState
 
-try:
-    from importlib.metadata import version as _version
-
-    __version__ = _version("prec-core")
-except Exception:  # noqa: BLE001 - running from a source tree without metadata
-    __version__ = "0+unknown"
-
-_LAZY = {
+#: Every public name and the module that defines it: the one declaration of prec's public API.
+_EXPORTS: dict[str, str] = {
+    "__version__": "prec._version",
+    "warn": "prec._warnings",
+    "AcceleratorUnavailableError": "prec.errors",
+    "CheckpointError": "prec.errors",
+    "ConfigurationError": "prec.errors",
+    "LegacyPrecisionWarning": "prec.errors",
+    "NonFiniteError": "prec.errors",
+    "PerformanceWarning": "prec.errors",
+    "PluginError": "prec.errors",
+    "PluginWarning": "prec.errors",
+    "PrecWarning": "prec.errors",
+    "UnknownAcceleratorError": "prec.errors",
+    "UnknownPrecisionError": "prec.errors",
+    "UnknownStrategyError": "prec.errors",
+    "UnsupportedPrecisionError": "prec.errors",
+    "RegisterAccelerator": "prec.hookspecs",
+    "RegisterPrecision": "prec.hookspecs",
+    "RegisterStrategy": "prec.hookspecs",
+    "hookimpl": "prec.hookspecs",
+    "Option": "prec.options",
+    "check_options": "prec.options",
     "Accelerator": "prec.accelerator",
-    "AttributeDict": "prec.hparams",
     "Availability": "prec.accelerator",
-    "BaseFinetuning": "prec.finetuning",
-    "CSVLogger": "prec.loggers",
-    "Callback": "prec.callbacks",
-    "DataModule": "prec.datamodule",
     "Deterministic": "prec.seed",
-    "EarlyStopping": "prec.early_stopping",
-    "LearningRateMonitor": "prec.lr_monitor",
+    "seed_everything": "prec.seed",
+    "worker_init_fn": "prec.seed",
+    "MixedPrecision": "prec.precision",
+    "NonFinitePolicy": "prec.precision",
+    "Precision": "prec.precision",
+    "TruePrecision": "prec.precision",
+    "CSVLogger": "prec.loggers",
     "Logger": "prec.loggers",
     "TensorBoardLogger": "prec.loggers",
-    "MixedPrecision": "prec.precision",
-    "ModelCheckpoint": "prec.model_checkpoint",
-    "NonFinitePolicy": "prec.precision",
-    "RunState": "prec.run_state",
-    "Precision": "prec.precision",
-    "ProgressBarCallback": "prec.progress",
-    "StageData": "prec.datamodule",
-    "Strategy": "prec.strategy",
-    "TQDMProgressBar": "prec.progress",
+    "AttributeDict": "prec.model.hparams",
+    "load_from_checkpoint": "prec.model.hparams",
+    "save_hyperparameters": "prec.model.hparams",
+    "Callback": "prec.model.callback",
+    "DataModule": "prec.model.datamodule",
+    "StageData": "prec.model.datamodule",
+    "resolve_dataloaders": "prec.model.datamodule",
+    "TrainingModule": "prec.model.module",
+    "Strategy": "prec.strategies.base",
+    "register_plugin": "prec.plugin.manager",
+    "reset_registry": "prec.plugin.manager",
+    "unregister_plugin": "prec.plugin.manager",
+    "get_precision": "prec.training.composition",
+    "get_registry": "prec.training.composition",
+    "RunState": "prec.training.run_state",
+    "BaseFinetuning": "prec.callbacks.finetuning",
+    "EarlyStopping": "prec.callbacks.early_stopping",
+    "LearningRateMonitor": "prec.callbacks.lr_monitor",
+    "ModelCheckpoint": "prec.callbacks.model_checkpoint",
+    "ProgressBarCallback": "prec.callbacks.progress",
+    "TQDMProgressBar": "prec.callbacks.progress",
     "Trainer": "prec.trainer",
-    "TrainingModule": "prec.module",
-    "TruePrecision": "prec.precision",
-    "get_registry": "prec.plugins",
-    "load_from_checkpoint": "prec.hparams",
-    "register_plugin": "prec.plugins",
-    "reset_registry": "prec.plugins",
-    "resolve_dataloaders": "prec.datamodule",
-    "save_hyperparameters": "prec.hparams",
-    "seed_everything": "prec.seed",
-    "unregister_plugin": "prec.plugins",
-    "worker_init_fn": "prec.seed",
 }
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'prec' has no attribute {name!r}")
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
-
-
-def get_precision(
-    precision: str | int | None = None, accelerator: str | Accelerator = "auto", **options: Any
-) -> Precision:
-    """The precision plugin for ``precision`` on ``accelerator``, for your own training loop.
-
-    Selection goes through the same front door as the Trainer's (``Registry.select_precision``), so it raises the
-    same errors: :class:`ConfigurationError` naming the argument for a value of the wrong type,
-    :class:`UnknownPrecisionError` for a name nobody knows, :class:`UnsupportedPrecisionError` for a pair no
-    installed plugin provides, :class:`PluginError` when the providing plugin fails. Accelerator names are
-    case-insensitive (``"CPU"``, ``"Auto"``).
-    """
-    from prec.plugins import get_registry
-
-    registry = get_registry()
-    return registry.select_precision(precision, registry.select_accelerator(accelerator), options)[0]
-
-
-__all__ = [
-    "Accelerator",
-    "AcceleratorUnavailableError",
-    "AttributeDict",
-    "Availability",
-    "BaseFinetuning",
-    "CSVLogger",
-    "Callback",
-    "CheckpointError",
-    "ConfigurationError",
-    "DataModule",
-    "Deterministic",
-    "EarlyStopping",
-    "LearningRateMonitor",
-    "LegacyPrecisionWarning",
-    "Logger",
-    "MixedPrecision",
-    "ModelCheckpoint",
-    "NonFiniteError",
-    "NonFinitePolicy",
-    "Option",
-    "PerformanceWarning",
-    "PluginError",
-    "PluginWarning",
-    "PrecWarning",
-    "Precision",
-    "ProgressBarCallback",
-    "RegisterAccelerator",
-    "RegisterPrecision",
-    "RegisterStrategy",
-    "RunState",
-    "StageData",
-    "Strategy",
-    "TQDMProgressBar",
-    "TensorBoardLogger",
-    "Trainer",
-    "TrainingModule",
-    "TruePrecision",
-    "UnknownAcceleratorError",
-    "UnknownPrecisionError",
-    "UnknownStrategyError",
-    "UnsupportedPrecisionError",
-    "__version__",
-    "check_options",
-    "get_precision",
-    "get_registry",
-    "hookimpl",
-    "load_from_checkpoint",
-    "register_plugin",
-    "reset_registry",
-    "resolve_dataloaders",
-    "save_hyperparameters",
-    "seed_everything",
-    "unregister_plugin",
-    "warn",
-    "worker_init_fn",
-]

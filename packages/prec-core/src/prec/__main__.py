@@ -1,5 +1,5 @@
 """``python -m prec``: the ``prec`` command line."""
 
-from prec.cli import main
+from prec.cli.app import main
 
 main(prog_name="prec")

@@ -31,7 +31,7 @@ import pluggy
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
     from prec.precision import Precision
-    from prec.strategy import Strategy
+    from prec.strategies.base import Strategy
 
 PROJECT_NAME = "prec"
 

@@ -5,30 +5,66 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from prec._selection import select_parts
 from prec.accelerator import Accelerator, DevicesInput
-from prec.callbacks import Callback
-from prec.checkpoint import resolve_checkpoint_path
-from prec.config import TrainerConfig, check_clipping, reject_unknown_arguments
-from prec.datamodule import DataModule, StageData
+from prec.callbacks.model_checkpoint import ModelCheckpoint
+from prec.callbacks.progress import ProgressBarCallback, TQDMProgressBar
 from prec.errors import ConfigurationError
 from prec.loggers import LoggerGroup
-from prec.module import TrainingModule, unwrap_compiled
-from prec.plugins import get_registry
+from prec.model.callback import Callback
+from prec.model.datamodule import DataModule, StageData
+from prec.model.module import TrainingModule, unwrap_compiled
 from prec.precision import NonFinitePolicy, Precision
-from prec.run_setup import SkipInit, apply_run_defaults, run_stage
-from prec.run_state import RunState
+from prec.training.composition import get_registry
+from prec.training.config import TrainerConfig, check_clipping, reject_unknown_arguments
+from prec.training.run_setup import SkipInit
+from prec.training.run_state import RunState
+from prec.training.selection import select_parts
+from prec.training.stages import run_stage
+
+
+class _Setting:
+    """A Trainer attribute that reads what the run uses (``trainer.settings``): one truth, never a copy."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, trainer: Trainer | None, owner: type | None = None) -> Any:
+        if trainer is None:
+            return self
+        return getattr(trainer.settings, self.name)
+
+    def __set__(self, trainer: Trainer, value: Any) -> None:
+        """Change what the next run uses (``trainer.max_epochs = 3`` before resuming): checked as the constructor
+        checks it, and written to ``trainer.settings`` only, so there is still one truth."""
+        trainer.settings = trainer.settings.with_setting(self.name, value)
+
+
+def _default_callbacks(settings: TrainerConfig) -> list[Callback]:
+    """What a Trainer adds on its own, as Lightning does: a :class:`prec.ModelCheckpoint` (``enable_checkpointing``)
+    and the tqdm progress bar (``enable_progress_bar``) unless ``callbacks`` hold them. The one place that picks
+    default callbacks."""
+    callbacks = settings.callbacks
+    added: list[Callback] = []
+    if settings.enable_checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        added.append(ModelCheckpoint())
+    bars = [c for c in callbacks if isinstance(c, ProgressBarCallback)]
+    if bars and not settings.enable_progress_bar:
+        raise ConfigurationError(
+            f"enable_progress_bar=False, but callbacks holds {type(bars[0]).__name__}; drop one of them."
+        )
+    if settings.enable_progress_bar and not bars:
+        added.append(TQDMProgressBar())
+    return added
 
 
 class Trainer:
     """Train a :class:`prec.TrainingModule` at a chosen precision on a chosen accelerator.
 
-    Every argument is checked when the Trainer is built (see :class:`prec.config.TrainerConfig`, kept as
+    Every argument is checked when the Trainer is built (see :class:`prec.training.config.TrainerConfig`, kept as
     ``trainer.config``): a bad value is a :class:`prec.ConfigurationError` naming the argument and what it accepts.
     A Lightning argument prec leaves out on purpose (``profiler``, ``sync_batchnorm`` …) is a ConfigurationError
     that says what to do instead; a misspelt one gets a did-you-mean.
@@ -122,9 +158,42 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         reject_unknown_arguments(unknown)
-        arguments = locals()  # the parameters alone: nothing else is bound yet
-        # Each parameter is the TrainerConfig field of the same name (a test keeps the two lists equal).
-        self.config = config = TrainerConfig(**{name: arguments[name] for name in TrainerConfig.argument_names()})
+        #: The arguments as passed, checked and in canonical form (a test keeps its fields equal to the parameters).
+        self.config = config = TrainerConfig(
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            plugins=plugins,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            max_steps=max_steps,
+            min_steps=min_steps,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            val_check_interval=val_check_interval,
+            num_sanity_val_steps=num_sanity_val_steps,
+            log_every_n_steps=log_every_n_steps,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            accumulate_grad_batches=accumulate_grad_batches,
+            fast_dev_run=fast_dev_run,
+            deterministic=deterministic,
+            logger=logger,
+            callbacks=callbacks,
+            enable_progress_bar=enable_progress_bar,
+            enable_checkpointing=enable_checkpointing,
+            enable_model_summary=enable_model_summary,
+            default_root_dir=default_root_dir,
+            precision_options=precision_options,
+            nonfinite=nonfinite,
+        )
+        #: What the run uses: ``config`` with ``fast_dev_run`` applied. Every setting attribute reads it.
+        self.settings = config.for_run()
         registry = get_registry()
         self._registry = registry
         parts = select_parts(config, registry)
@@ -134,32 +203,7 @@ class Trainer:
         self.precision_plugin = parts.precision
         self.devices = parts.devices
         self.strategy = parts.strategy
-
-        self.max_epochs = config.max_epochs
-        self.min_epochs = config.min_epochs
-        self.max_steps = config.max_steps
-        self.min_steps = config.min_steps
-        self.limit_train_batches = config.limit_train_batches
-        self.limit_val_batches = config.limit_val_batches
-        self.limit_test_batches = config.limit_test_batches
-        self.limit_predict_batches = config.limit_predict_batches
-        self.check_val_every_n_epoch = config.check_val_every_n_epoch
-        self.val_check_interval = config.val_check_interval
-        self.num_sanity_val_steps = config.num_sanity_val_steps
-        self.log_every_n_steps = config.log_every_n_steps
-        self.gradient_clip_val = config.gradient_clip_val
-        self.gradient_clip_algorithm = config.gradient_clip_algorithm
-        self.accumulate_grad_batches = config.accumulate_grad_batches
-        self.fast_dev_run = config.fast_dev_run
-        self.deterministic = config.deterministic
-        #: Every logger behind one object with the loop's row interface (``None``: no logging).
-        self.log_sink: LoggerGroup | None = config.logger
-        self.logger: Any = self.log_sink.loggers[0] if self.log_sink is not None else None
-        self.callbacks: list[Callback] = list(config.callbacks)
-        self.enable_progress_bar = config.enable_progress_bar
-        self.enable_checkpointing = config.enable_checkpointing
-        self.enable_model_summary = config.enable_model_summary
-        self.default_root_dir: Path = config.default_root_dir  # type: ignore[assignment]
+        self.callbacks: list[Callback] = [*self.settings.callbacks, *_default_callbacks(self.settings)]
 
         #: The loop state of the current (or last) run: counters, model, optimizers, metrics.
         self.state = RunState()
@@ -171,7 +215,39 @@ class Trainer:
         self.num_val_batches: float | None = None
         self.num_test_batches: float | None = None
         self.num_predict_batches: float | None = None
-        apply_run_defaults(self)
+
+    # -- the run's settings (read from ``self.settings``; set them through the constructor) ----------------
+    max_epochs = _Setting()
+    min_epochs = _Setting()
+    max_steps = _Setting()
+    min_steps = _Setting()
+    limit_train_batches = _Setting()
+    limit_val_batches = _Setting()
+    limit_test_batches = _Setting()
+    limit_predict_batches = _Setting()
+    check_val_every_n_epoch = _Setting()
+    val_check_interval = _Setting()
+    num_sanity_val_steps = _Setting()
+    log_every_n_steps = _Setting()
+    gradient_clip_val = _Setting()
+    gradient_clip_algorithm = _Setting()
+    accumulate_grad_batches = _Setting()
+    fast_dev_run = _Setting()
+    deterministic = _Setting()
+    enable_progress_bar = _Setting()
+    enable_checkpointing = _Setting()
+    enable_model_summary = _Setting()
+    default_root_dir = _Setting()
+
+    @property
+    def log_sink(self) -> LoggerGroup | None:
+        """Every logger behind one object with the loop's row interface (``None``: no logging)."""
+        return self.settings.logger  # type: ignore[no-any-return]
+
+    @property
+    def logger(self) -> Any:
+        """The first logger (``None``: no logging)."""
+        return self.log_sink.loggers[0] if self.log_sink is not None else None
 
     # -- public state ---------------------------------------------------------------------------------------
     @property
@@ -271,7 +347,7 @@ class Trainer:
 
         ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint` (``"last"``: the newest one the
         :class:`prec.ModelCheckpoint` callback wrote): model, optimizers, schedulers, the precision's state (grad
-        scaler), loop counters and RNG (see :mod:`prec.checkpoint`)."""
+        scaler), loop counters and RNG (see :mod:`prec.training.checkpointing`)."""
         model = self._module("fit", model)
         data = StageData("fit", model, datamodule, train_dataloaders, val_dataloaders)
         self._launch("fit", model, data, ckpt_path)
@@ -336,7 +412,7 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint of the current run to ``path`` atomically (global rank zero writes; every process
         must call it). Call it at an optimizer-step boundary: gradients being accumulated are not saved."""
-        from prec.checkpoint import build_checkpoint
+        from prec.training.checkpointing import build_checkpoint
 
         if self.model is None:
             raise ConfigurationError("save_checkpoint() needs a model: call it during or after fit().")
@@ -344,9 +420,27 @@ class Trainer:
         self.strategy.save_checkpoint(path, state, self.model, self.optimizers)
 
     def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
-        ckpt_path = resolve_checkpoint_path(self, stage, ckpt_path)
-        # The strategy decides how many processes run the stage (a bound method, so it can be pickled).
+        ckpt_path = self._checkpoint_path(stage, ckpt_path)
+        # The strategy decides how many processes run the stage.
         return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
+
+    def _checkpoint_path(self, stage: str, ckpt_path: Any) -> str | os.PathLike[str] | None:
+        """``ckpt_path`` as a file: ``"best"`` is the best checkpoint this Trainer's :class:`prec.ModelCheckpoint`
+        kept, ``"last"`` its newest one; anything else is taken as a path. The one place that resolves them."""
+        if ckpt_path not in ("best", "last"):
+            return ckpt_path  # type: ignore[no-any-return]
+        found = [
+            callback.best_model_path if ckpt_path == "best" else callback.latest_path
+            for callback in self.callbacks
+            if isinstance(callback, ModelCheckpoint)
+        ]
+        found = [path for path in found if path]
+        if not found:
+            raise ConfigurationError(
+                f"{stage}(ckpt_path={ckpt_path!r}) found no checkpoint: no prec.ModelCheckpoint of this Trainer has"
+                " saved one yet. Pass a file path, or fit() with checkpointing enabled first."
+            )
+        return found[0]
 
     def _run_stage(self, stage: str, model: TrainingModule, ckpt_path: Any, data: StageData) -> Any:
         return run_stage(self, stage, model, ckpt_path, data)
@@ -354,7 +448,7 @@ class Trainer:
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def manual_optimizers(self) -> list[Any]:
         """The optimizers wrapped for manual optimization (``TrainingModule.optimizers()``)."""
-        from prec.optim import ManualOptimizer
+        from prec.training.optim import ManualOptimizer
 
         return self.state.manual_optimizers(lambda optimizer: ManualOptimizer(optimizer, self))
 

@@ -10,8 +10,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from prec.errors import ConfigurationError, UnsupportedPrecisionError
+from prec.plugin.registry import KNOWN_GAPS
 from prec.precision import TruePrecision, apply_to_tensors
-from prec.registry import KNOWN_GAPS
 
 NAME = "64-true"
 #: Device types whose hardware has no float64 arithmetic: 64-true refuses them whoever registered them.

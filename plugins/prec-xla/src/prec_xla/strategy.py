@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from prec.precision import apply_to_tensors
-from prec.strategy import Strategy
+from prec.strategies.base import Strategy
 from prec_xla.precision import sync
 
 

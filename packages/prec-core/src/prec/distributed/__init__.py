@@ -8,19 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from prec.distributed.ddp import DDPStrategy
-    from prec.distributed.fsdp import FSDPStrategy
+    from prec.strategies.ddp import DDPStrategy
+    from prec.strategies.fsdp import FSDPStrategy
 
 __all__ = ["DDPStrategy", "FSDPStrategy"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "DDPStrategy":
-        from prec.distributed.ddp import DDPStrategy
+        from prec.strategies.ddp import DDPStrategy
 
         return DDPStrategy
     if name == "FSDPStrategy":
-        from prec.distributed.fsdp import FSDPStrategy
+        from prec.strategies.fsdp import FSDPStrategy
 
         return FSDPStrategy
     raise AttributeError(f"module 'prec.distributed' has no attribute {name!r}")

@@ -7,7 +7,6 @@ from prec.loggers._csv_logger import CSVLogger
 from prec.loggers._group import LoggerGroup, resolve_loggers
 from prec.loggers._protocol import Logger
 from prec.loggers._tensorboard import TensorBoardLogger
-from prec.loggers._trainer_side import finalize_logs, flush_logs, log_results, record_precision_metrics
 
 __all__ = [
     "CSVLogger",
@@ -15,9 +14,5 @@ __all__ = [
     "LoggerGroup",
     "RowBuffer",
     "TensorBoardLogger",
-    "finalize_logs",
-    "flush_logs",
-    "log_results",
-    "record_precision_metrics",
     "resolve_loggers",
 ]

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prec.checkpoint_io import make_temporary, remove_stale_temporaries
+from prec.checkpoint.io import make_temporary, remove_stale_temporaries
 from prec.loggers._folder import FolderLogger
 
 _FIXED_COLUMNS = ("step", "epoch")

@@ -35,7 +35,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec._warnings import warn
-from prec.distributed.sharded_state import copy_into, local_tensor
+from prec.cluster.dtensor import copy_into, local_tensor
 from prec.errors import ConfigurationError, PrecWarning
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round

@@ -14,14 +14,26 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec.errors import ConfigurationError
+from prec.options import Option, check_options, is_number, is_positive_int
 from prec.precision.base import Precision, apply_to_tensors, to_float32
 
-#: Options of ``torch.amp.GradScaler`` a precision accepts (``enabled`` is not one: pass ``scaler=None``), and
-#: ``min_scale``, prec's floor under the loss scale.
-SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale")
 #: The default floor under the loss scale: a scale that halves to 0 would turn the next finite step into
 #: 0 x (1/0) = NaN in every weight; DeepSpeed's fp16 optimizer uses the same floor.
 DEFAULT_MIN_SCALE = 1.0
+#: ``torch.amp.GradScaler``'s default starting scale.
+DEFAULT_INIT_SCALE = 2.0**16
+#: The grad scaler's settings (``enabled`` is not one: pass ``scaler=None``) and ``min_scale``, prec's floor under
+#: the loss scale: the one declaration, used by ``MixedPrecision(..., scaler=True, **settings)`` and by every
+#: plugin's ``precision_options`` alike.
+SCALER_SETTINGS: tuple[Option, ...] = (
+    Option("init_scale", "a finite number > 0", lambda v: is_number(v) and 0 < v < math.inf),
+    Option("growth_factor", "a finite number > 1", lambda v: is_number(v) and 1 < v < math.inf),
+    Option("backoff_factor", "a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1),
+    Option("growth_interval", "an int >= 1", is_positive_int),
+    Option("min_scale", "a finite number > 0, at most init_scale", lambda v: is_number(v) and 0 < v < math.inf),
+)
+#: Their names.
+SCALER_OPTIONS: tuple[str, ...] = tuple(option.name for option in SCALER_SETTINGS)
 
 
 class MixedPrecision(Precision):
@@ -250,28 +262,15 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 def _check_scaler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown or out-of-range scaler options here, with the option's name, instead of torch's bare
     ``TypeError``/``AssertionError`` (or a scale that silently never changes)."""
-    unknown = sorted(set(options) - set(SCALER_OPTIONS))
-    if unknown:
-        hint = " (for no loss scaling use precision='bf16-mixed')" if "enabled" in unknown else ""
+    note = " (for no loss scaling use precision='bf16-mixed')" if "enabled" in options else ""
+    checked = check_options(name, options, SCALER_SETTINGS, note=note)
+    init_scale = checked.get("init_scale", DEFAULT_INIT_SCALE)
+    if checked.get("min_scale", DEFAULT_MIN_SCALE) > init_scale:
         raise ConfigurationError(
-            f"{name}: unknown grad scaler option(s) {unknown}{hint}; valid: {', '.join(SCALER_OPTIONS)}."
+            f"precision_options for {name}: min_scale={checked['min_scale']!r} is above init_scale={init_scale!r};"
+            " the floor under the loss scale must be at most its starting value."
         )
-    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "init_scale": (lambda v: _is_number(v) and 0 < v < math.inf, "a finite number > 0"),
-        "growth_factor": (lambda v: _is_number(v) and 1 < v < math.inf, "a finite number > 1"),
-        "backoff_factor": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
-        "growth_interval": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1"),
-        "min_scale": (lambda v: _is_number(v) and 0 < v < math.inf, "a finite number > 0"),
-    }
-    for key, value in options.items():
-        valid, expected = checks[key]
-        if not valid(value):
-            raise ConfigurationError(f"{name}: grad scaler option {key}={value!r} must be {expected}.")
-    return options
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return checked
 
 
 def _check_scaler(name: str, scaler: Any, device_type: str) -> None:

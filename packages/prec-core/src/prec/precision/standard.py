@@ -6,15 +6,14 @@ accelerator: a plugin lists the options its precision takes and hands the checke
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from prec.options import Option, check_options, is_number, is_positive_int
+from prec.options import Option, check_options
 from prec.precision.base import Precision
 from prec.precision.master import MASTER_WEIGHT_MODES, MasterWeightsPrecision
-from prec.precision.mixed import MixedPrecision
+from prec.precision.mixed import SCALER_SETTINGS, MixedPrecision
 from prec.precision.policy import ModulePolicy, ModulePolicyMixin, check_keep_float32
 from prec.precision.true import Float32Precision, TruePrecision
 
@@ -55,13 +54,6 @@ MASTER_WEIGHTS = Option(
 TF32 = Option("tf32", "True or False (TF32 matmuls and convolutions on CUDA)", lambda v: isinstance(v, bool), False)
 CACHE_ENABLED = Option("cache_enabled", "True or False", lambda v: isinstance(v, bool))
 SCALER = Option("scaler", "a torch.amp.GradScaler, True or None")
-#: The grad scaler's settings as options, checked as ``torch.amp.GradScaler`` would need them.
-SCALER_SETTINGS: tuple[Option, ...] = (
-    Option("init_scale", "a finite number > 0", lambda v: is_number(v) and 0 < v < math.inf),
-    Option("growth_factor", "a finite number > 1", lambda v: is_number(v) and 1 < v < math.inf),
-    Option("backoff_factor", "a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1),
-    Option("growth_interval", "an int >= 1", is_positive_int),
-)
 FLOAT32_OPTIONS: tuple[Option, ...] = (TF32, KEEP_FLOAT32)
 
 

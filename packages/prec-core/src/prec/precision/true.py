@@ -11,8 +11,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from prec.precision.base import Precision, apply_to_tensors, default_dtype, to_float32
-from prec.precision.float32 import Float32Flags
 from prec.precision.policy import ModulePolicy
+from prec.precision.tf32 import Float32Flags
 
 __all__ = ["Float32Precision", "TruePrecision"]
 

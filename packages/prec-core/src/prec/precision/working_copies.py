@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from prec.distributed.sharded_state import local_tensor
+from prec.cluster.dtensor import local_tensor
 
 __all__ = ["CHUNK_ELEMENTS", "WorkingCopyStepper", "round_into", "stochastic_round"]
 

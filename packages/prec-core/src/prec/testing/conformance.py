@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 
+from prec.errors import ConfigurationError
+from prec.model.module import TrainingModule
 from prec.precision import Precision
+from prec.trainer import Trainer
+from prec.training.composition import get_precision, get_registry
 
 STEPS = 40
 
@@ -59,7 +63,7 @@ class ConformanceReport:
 def global_state(device_types: tuple[str, ...] = ("cpu",)) -> dict[str, Any]:
     """The torch state a precision may change only inside its contexts: default dtype, grad mode and, for each
     device type, whether autocast is on and its dtype."""
-    from prec.precision.float32 import float32_math_settings
+    from prec.precision.tf32 import float32_math_settings
 
     state: dict[str, Any] = {"default dtype": torch.get_default_dtype(), "grad enabled": torch.is_grad_enabled()}
     state.update({f"float32 math: {key}": value for key, value in float32_math_settings().items()})
@@ -76,11 +80,10 @@ class _Case:
     """Everything one check needs: a fresh precision from the registry, the device, the state to restore."""
 
     def __init__(self, name: str, accelerator: str, options: dict[str, Any]) -> None:
-        import prec
 
         self.name, self.accelerator_name, self.options = name, accelerator, options
-        self.make: Callable[[], Precision] = lambda: prec.get_precision(name, accelerator, **options)
-        self.accelerator = prec.get_registry().available_accelerator(accelerator)
+        self.make: Callable[[], Precision] = lambda: get_precision(name, accelerator, **options)
+        self.accelerator = get_registry().available_accelerator(accelerator)
         self.device = self.accelerator.get_device(0)
         self.device_types = ("cpu", self.device.type)
 
@@ -215,9 +218,8 @@ def check_fit_decreases_loss(case: _Case) -> None:
 
 
 def check_trainer_fit(case: _Case) -> None:
-    import prec
 
-    class Regression(prec.TrainingModule):
+    class Regression(TrainingModule):
         def __init__(self) -> None:
             super().__init__()
             self.layer = torch.nn.Linear(8, 1)
@@ -234,7 +236,7 @@ def check_trainer_fit(case: _Case) -> None:
     torch.manual_seed(0)
     features = torch.randn(64, 8)
     data = list(zip(features.split(16), (features @ torch.randn(8, 1)).split(16), strict=True))
-    trainer = prec.Trainer(
+    trainer = Trainer(
         accelerator=case.accelerator_name,
         devices=1,
         precision=case.name,
@@ -363,16 +365,15 @@ def modes(accelerator: str | None = None) -> list[tuple[str, str, dict[str, Any]
 def precision_pairs(accelerator: str | None = None) -> list[tuple[str, str]]:
     """Every registered (precision, accelerator) pair whose accelerator is available here, or only those of
     ``accelerator``. Pairs whose accelerator is missing or unavailable are left out."""
-    import prec
 
-    registry = prec.get_registry()
+    registry = get_registry()
     pairs = []
     for name, acc in sorted(registry.precisions):
         if accelerator is not None and acc != registry.canonical_accelerator(accelerator):
             continue
         try:
             registry.available_accelerator(acc)
-        except prec.ConfigurationError:
+        except ConfigurationError:
             continue
         pairs.append((name, acc))
     return pairs

@@ -70,7 +70,7 @@ class Sandbox:
 
     def prec(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run the ``prec`` command line in the sandbox (``sandbox.prec("list", "--json")``)."""
-        return self.run("-m", "prec.cli", *args, env=env)
+        return self.run("-m", "prec.cli.app", *args, env=env)
 
 
 def write_plugin_package(

@@ -1,0 +1,1 @@
+"""What the user writes: ``TrainingModule``, ``DataModule``, hyperparameters and the ``Callback`` interface."""

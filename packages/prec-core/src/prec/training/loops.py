@@ -1,0 +1,118 @@
+"""The loop behind ``fit``: epochs, validation and the sanity check around
+:class:`~prec.training.epoch.TrainingEpoch` (the evaluation loops are in :mod:`prec.training.evaluation`, set-up and
+tear-down in :mod:`prec.training.run_setup`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prec.errors import ConfigurationError
+from prec.model.module import TrainingModule
+from prec.training.checkpointing import load_checkpoint
+from prec.training.epoch import FIT_HOOKS, TrainingEpoch, may_stop
+from prec.training.evaluation import evaluate, sanity_check
+from prec.training.hook_calls import call, hook_callers, limit_batches
+from prec.training.logging import log_results, record_precision_metrics
+from prec.training.optim import parse_optimizers, step_schedulers
+from prec.training.run_setup import announce, setup_model, teardown_run
+from prec.training.summary import summarize
+
+if TYPE_CHECKING:
+    from prec.model.trainer_view import TrainerView
+
+__all__ = ["run_fit", "setup_model", "teardown_run"]
+
+
+def run_fit(
+    trainer: TrainerView, model: TrainingModule, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
+) -> None:
+    state = trainer.state
+    optimizers, schedulers = parse_optimizers(model.configure_optimizers())
+    if not model.automatic_optimization:
+        for name, value, fix in (
+            ("gradient_clip_val", trainer.gradient_clip_val, "call self.clip_gradients(opt, gradient_clip_val=...)"),
+            ("accumulate_grad_batches", trainer.accumulate_grad_batches > 1, "step the optimizer every N batches"),
+        ):
+            if value:
+                raise ConfigurationError(
+                    f"Trainer({name}=...) does not apply to manual optimization ({type(model).__name__}"
+                    f".automatic_optimization is False): {fix} in training_step instead."
+                )
+    for optimizer in optimizers:
+        trainer.precision_plugin.setup_optimizer(optimizer)
+    state.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
+    state.lr_scheduler_configs = schedulers
+    train_loader = trainer.strategy.setup_dataloader(train_loader)
+    if val_loader is not None:
+        val_loader = trainer.strategy.setup_dataloader(val_loader)
+    state.train_batches = limit_batches(trainer.limit_train_batches, train_loader)
+    trainer.num_training_batches = state.train_batches
+    if state.ckpt_path is not None:
+        load_checkpoint(trainer, model, state.ckpt_path, "fit")
+
+    hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
+    announce(trainer)
+    if trainer.enable_model_summary and trainer.is_global_zero:
+        _show_summary(trainer, model)
+    call(hooks["on_fit_start"])
+    validate = None
+    if val_loader is not None:
+        validate = partial(evaluate, trainer, model, val_loader, "validate", torch.no_grad)
+        if trainer.num_sanity_val_steps:
+            sanity_check(trainer, model, val_loader)
+    call(hooks["on_train_start"])
+    loop = TrainingEpoch(trainer, model, hooks)
+    metrics = state.metrics
+    while not _done(trainer):
+        model.train()
+        metrics.training = True
+        call(hooks["on_train_epoch_start"])
+        loop.run(train_loader, validate)
+        if loop.stopped_early:  # max_steps reached mid-epoch: no validation, no epoch hooks
+            break
+        if validate is not None and (state.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            validate()
+            model.train()
+        metrics.training = True
+        results = metrics.end_epoch()  # on_train_epoch_end sees the epoch means
+        call(hooks["on_train_epoch_end"])
+        results.update(metrics.end_epoch())  # and what that hook logged itself
+        if loop.precision_metrics:
+            record_precision_metrics(trainer)
+        log_results(trainer, results)
+        if loop.logger is not None:
+            loop.logger.flush()
+        if not loop.manual:  # manual optimization steps its schedulers itself, as in Lightning
+            # Schedulers that monitor a metric step after validation; the others stepped with the last batch.
+            step_schedulers(trainer, "epoch", monitored=True if loop.epoch_schedulers_stepped else None)
+        state.current_epoch += 1
+        state.batches_seen = 0
+        call(hooks["on_train_epoch_completed"])
+    call(hooks["on_train_end"])
+    call(hooks["on_fit_end"])
+
+
+def _show_summary(trainer: TrainerView, model: TrainingModule) -> None:
+    """The precision-aware memory summary at fit start: on stderr next to the progress bar in an interactive run,
+    on the ``prec`` logger (INFO) otherwise, so a script's own stdout stays its own."""
+    optimizers = trainer.state.optimizers
+    text = str(summarize(model, trainer.precision_plugin, optimizers[0] if optimizers else None))
+    if trainer.enable_progress_bar:
+        print(text, file=sys.stderr)
+    else:
+        logging.getLogger("prec").info("%s", text)
+
+
+def _done(trainer: TrainerView) -> bool:
+    state = trainer.state
+    if may_stop(trainer):
+        return True
+    if trainer.max_steps != -1 and state.global_step >= trainer.max_steps:
+        return True
+    return trainer.max_epochs is not None and state.current_epoch >= trainer.max_epochs
