@@ -5,7 +5,8 @@ A sharded checkpoint is a directory::
     .metadata, __<rank>_0.distcp   DCP's files: model and optimizer states, each rank writing its own shards
     extras/rank<r>.pt              rank r's own state (loop counters, RNG, precision/scaler state ...), its
                                    DTensors (float32 copies, compensation) as plain local shards
-    prec_sharded.json              format version, world size, and a SHA-256 of every file above
+    prec_sharded.json              format version, world size, and a digest of every file above
+                                   (:mod:`prec.distributed.sharded_manifest`)
 
 It is written atomically: every rank writes into ``.<name>.tmp-<id>`` next to ``path``; when all are done, global
 rank zero writes the manifest and swaps the directory in with two renames (``path`` -> ``path.old``, the new one ->
@@ -16,16 +17,24 @@ filesystem every node sees (as DCP's own writer requires).
 Model and optimizer states go through ``torch.distributed.checkpoint.state_dict.get_state_dict`` /
 ``set_state_dict``, so their keys are the user's module's parameter names (the same as in a single process), and
 :func:`export_full_checkpoint` turns a sharded checkpoint into prec's single-file format offline, in one process.
+
+What loading a sharded directory trusts and checks (:func:`load_sharded`, :func:`export_full_checkpoint`, and so
+``fit/validate/test(ckpt_path=directory)`` under FSDP): no code from the directory ever runs. ``.metadata`` is
+unpickled with an allow-list of exactly the classes DCP writes there, every byte item and every ``extras/`` file
+with ``torch.load(..., weights_only=True)``, and tensors as DCP always did (``weights_only=True``); anything else
+is a :class:`prec.CheckpointError` naming the file or the stored value. Before any of that, rank zero accounts
+for every file: one the manifest does not list, a listed one that is missing, a symbolic link, or a name outside
+the directory is refused, and each file must match its digest. The digests detect damage, not tampering (the
+manifest is plain JSON that whoever can write the directory can rewrite); what a tampered directory can still do
+is hold different weights and plain values, never run code. The metadata's pointers are checked too: every
+stored item lies inside a listed shard file, and no declared tensor is larger than the shard files together.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,14 +51,26 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from prec.distributed.sharded_manifest import MANIFEST, SHARDED_FORMAT, listed_files, problem_with, read_manifest
+from prec.distributed.sharded_manifest import write_manifest
+from prec.distributed.sharded_reader import SafeReader, raise_checkpoint_error, read_whole
 from prec.distributed.sharded_state import LAYOUT_KEY, assemble_full, localize, with_full_leaves
 from prec.errors import CheckpointError
 
 #: ``optimizer_view(module)``: a context in which ``module``'s parameters are the tensors the optimizers step
 #: (``Precision.checkpoint_parameters``): DCP names optimizer state by the module's parameters, found by identity.
 OptimizerView = Callable[[torch.nn.Module], contextlib.AbstractContextManager[None]]
-MANIFEST = "prec_sharded.json"
-SHARDED_FORMAT = 1
+__all__ = [
+    "MANIFEST",
+    "SHARDED_FORMAT",
+    "export_full_checkpoint",
+    "is_sharded_checkpoint",
+    "load_full_into_sharded",
+    "load_sharded",
+    "name_keyed_optimizer_state",
+    "save_sharded",
+    "split_optimizer_state",
+]
 _BACKUP_SUFFIX = ".old"
 
 
@@ -104,9 +125,7 @@ def save_sharded(
     _write_durably(extras, staging / "extras" / f"rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
-        files = {str(p.relative_to(staging)): _digest(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = {"format": SHARDED_FORMAT, "world_size": _world(), "files": files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_manifest(staging, _world())
         _swap_in(staging, target)
     _barrier()
 
@@ -131,12 +150,13 @@ def load_sharded(
     if optimizers:
         with optimizer_view(module):
             payload["optim"] = get_optimizer_state_dict(module, list(optimizers))
-    dcp.load(payload, checkpoint_id=str(source))
+    reader = SafeReader(source, listed_files(source))
+    raise_checkpoint_error(lambda: dcp.load(payload, storage_reader=reader), source)
     set_model_state_dict(module, payload["model"])
     if optimizers:
         with optimizer_view(module):
             set_optimizer_state_dict(module, list(optimizers), payload["optim"])
-    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    saved_world = read_manifest(source)["world_size"]
     extras = _read_extras(source, _rank() if _rank() < saved_world else 0)
     if saved_world == _world():
         extras.pop(LAYOUT_KEY, None)  # its shards load into the live DTensors (sharded_state.copy_into)
@@ -147,15 +167,22 @@ def load_sharded(
 
 
 def _read_extras(source: Path, rank: int) -> dict[str, Any]:
-    return torch.load(source / "extras" / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+    """Rank ``rank``'s own state, unpickled with torch's allow-list (``weights_only=True``)."""
+    path = source / "extras" / f"rank{rank}.pt"
+    try:
+        extras = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a refused or damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"sharded checkpoint {source}: extras/{path.name} is refused: {reason}") from error
+    if not isinstance(extras, dict):
+        raise CheckpointError(f"sharded checkpoint {source}: extras/{path.name} holds a {type(extras).__name__}.")
+    return extras
 
 
 def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
     """Turn a sharded checkpoint into prec's single-file checkpoint (``state_dict``, ``optimizer_states`` and
     rank 0's state), loadable by ``Trainer(devices=1).fit(..., ckpt_path=destination)``. Runs in one process,
     without a process group; it needs memory for the full model."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     from prec.checkpoint import atomic_save
 
     source = _readable(Path(path))
@@ -163,11 +190,8 @@ def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.P
     if problem is not None:
         raise CheckpointError(problem)
     assert source is not None
-    with tempfile.TemporaryDirectory() as scratch:
-        full_file = Path(scratch) / "full.pt"
-        dcp_to_torch_save(str(source), str(full_file))
-        full = torch.load(full_file, map_location="cpu", weights_only=True)
-    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    full = read_whole(source, listed_files(source))
+    saved_world = read_manifest(source)["world_size"]
     extras = assemble_full([_read_extras(source, rank) for rank in range(saved_world)])
     layout = extras.pop("sharded")
     checkpoint = {**extras, "state_dict": full["model"]}
@@ -249,27 +273,7 @@ def _verify(source: Path | None, asked: Path) -> str | None:
     """Why the checkpoint at ``source`` cannot be trusted, or ``None``."""
     if source is None:
         return f"no sharded checkpoint at {asked} (a directory with {MANIFEST})."
-    try:
-        manifest = json.loads((source / MANIFEST).read_text())
-    except (OSError, ValueError) as error:
-        return f"sharded checkpoint {source}: unreadable {MANIFEST}: {error}"
-    if manifest.get("format") != SHARDED_FORMAT:
-        return f"sharded checkpoint {source} has format {manifest.get('format')!r}; this prec reads {SHARDED_FORMAT}."
-    for name, expected in manifest.get("files", {}).items():
-        file = source / name
-        if not file.is_file():
-            return f"sharded checkpoint {source} is incomplete: {name} is missing."
-        if _digest(file) != expected:
-            return f"sharded checkpoint {source} is corrupt: {name} does not match its SHA-256 in {MANIFEST}."
-    return None
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return problem_with(source)
 
 
 def _write_durably(value: Any, path: Path) -> None:
