@@ -137,7 +137,9 @@ def test_a_file_the_manifest_does_not_list_is_refused(
     marker = tmp_path / "ran"
     (saved / planted).parent.mkdir(exist_ok=True)
     torch.save({"x": Payload(marker)}, saved / planted)
-    with pytest.raises(CheckpointError, match=rf"holds {planted.split('/')[0]}.*which its prec_sharded\.json does not list"):
+    with pytest.raises(
+        CheckpointError, match=rf"holds {planted.split('/')[0]}.*which its prec_sharded\.json does not list"
+    ):
         load(saved)
     assert not marker.exists()
 
@@ -157,9 +159,7 @@ def test_a_symbolic_link_is_refused(saved: Path, load: Callable[[Path], Any], tm
 
 
 @pytest.mark.parametrize("content", [b"", b"not a pickle at all", b"\x80\x04K\x01."], ids=["empty", "text", "int"])
-def test_a_malformed_metadata_is_a_checkpoint_error(
-    saved: Path, load: Callable[[Path], Any], content: bytes
-) -> None:
+def test_a_malformed_metadata_is_a_checkpoint_error(saved: Path, load: Callable[[Path], Any], content: bytes) -> None:
     (saved / ".metadata").write_bytes(content)
     rehash(saved)
     with pytest.raises(CheckpointError, match=r"\.metadata"):

@@ -51,8 +51,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from prec.distributed.sharded_manifest import MANIFEST, SHARDED_FORMAT, listed_files, problem_with, read_manifest
-from prec.distributed.sharded_manifest import write_manifest
+from prec.distributed.sharded_manifest import (
+    MANIFEST,
+    SHARDED_FORMAT,
+    listed_files,
+    problem_with,
+    read_manifest,
+    write_manifest,
+)
 from prec.distributed.sharded_reader import SafeReader, raise_checkpoint_error, read_whole
 from prec.distributed.sharded_state import LAYOUT_KEY, assemble_full, localize, with_full_leaves
 from prec.errors import CheckpointError
