@@ -324,7 +324,7 @@ def test_a_damaged_shard_is_refused(sharded_run: Path, tmp_path: Path) -> None:
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x10
     shard.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"corrupt: __\d_\d\.distcp does not match its SHA-256"):
+    with pytest.raises(CheckpointError, match=r"corrupt: __\d_\d\.distcp does not match its xxh3_128"):
         export_full_checkpoint(copy, tmp_path / "full.ckpt")
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from prec.checkpoint.digest import CHECKSUM_KEY, DEFAULT_ALGORITHM, with_checksum
+from prec.checkpoint.io import STALE_TEMP_AGE_S, atomic_save, read_checkpoint
 from prec.errors import CheckpointError
-from prec.training.checkpointing import STALE_TEMP_AGE_S, atomic_save, read_checkpoint
 
 
 def small_checkpoint() -> dict[str, object]:
@@ -65,16 +66,57 @@ def test_every_single_bit_flip_fails_loudly_or_loads_identical_contents(tmp_path
     assert outcomes["error"] > 200  # most of the file is tensor data, and every flip there is caught
 
 
-def test_a_changed_weight_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", [DEFAULT_ALGORITHM, "sha256", "blake2b", "crc32"])
+def test_a_changed_weight_names_the_file(tmp_path: Path, algorithm: str) -> None:
+    """New checkpoints use the default digest; ones written with an older algorithm still verify by the one their
+    record names."""
     path = tmp_path / "model.ckpt"
-    atomic_save(small_checkpoint(), path)
+    atomic_save(with_checksum(small_checkpoint(), algorithm), path, checksum=False)
+    assert torch.load(path, weights_only=True)[CHECKSUM_KEY]["algorithm"] == algorithm
+    assert same(read_checkpoint(path), small_checkpoint())
     data = bytearray(path.read_bytes())
     weights = small_checkpoint()["state_dict"]["w"].numpy().tobytes()  # type: ignore[index]
     start = bytes(data).index(weights[:64])
     data[start + 10] ^= 0x40
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"model\.ckpt is damaged: its contents do not match the sha256"):
+    with pytest.raises(CheckpointError, match=rf"model\.ckpt is damaged: its contents do not match the {algorithm}"):
         read_checkpoint(path)
+
+
+def test_new_checkpoints_use_xxh3_128(tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt"
+    atomic_save(small_checkpoint(), path)
+    assert torch.load(path, weights_only=True)[CHECKSUM_KEY]["algorithm"] == DEFAULT_ALGORITHM == "xxh3_128"
+
+
+def test_an_unknown_algorithm_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.ckpt"
+    torch.save({**small_checkpoint(), CHECKSUM_KEY: {"algorithm": "md5", "digest": "00"}}, path)
+    with pytest.raises(CheckpointError, match=r"model\.ckpt is damaged: its checksum record is unreadable"):
+        read_checkpoint(path)
+
+
+def test_every_flip_in_tensor_data_is_refused(tmp_path: Path) -> None:
+    """200 single-bit flips inside the stored weights: each one loads as different contents, so each is refused."""
+    path = tmp_path / "model.ckpt"
+    checkpoint = {"state_dict": {"w": torch.randn(4096, generator=torch.Generator().manual_seed(1))}}
+    atomic_save(checkpoint, path)
+    data = path.read_bytes()
+    start = data.index(checkpoint["state_dict"]["w"].numpy().tobytes()[:64])
+    rng = random.Random(1)
+    flipped = tmp_path / "flipped.ckpt"
+    for _ in range(200):
+        damaged = bytearray(data)
+        damaged[start + rng.randrange(4096 * 4)] ^= 1 << rng.randrange(8)
+        flipped.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="is damaged: its contents do not match the xxh3_128"):
+            read_checkpoint(flipped)
+
+
+def test_a_directory_is_not_read_as_one_file(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match=r"plain is a directory, not a checkpoint file"):
+        read_checkpoint(tmp_path / "plain")
 
 
 def test_a_checkpoint_without_checksum_still_loads_with_a_note(

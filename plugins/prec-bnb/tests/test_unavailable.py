@@ -20,7 +20,7 @@ PROBE = textwrap.dedent(
     import json, sys
     {setup}
     import prec
-    from prec.cli import collect, render
+    from prec.cli.app import collect, render
     import prec_bnb
 
     data = collect()

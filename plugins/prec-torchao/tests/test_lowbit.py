@@ -79,7 +79,7 @@ def test_conformance_on_cpu(name: str) -> None:
 
 
 def test_the_pairs_are_registered_with_what_they_need() -> None:
-    from prec.cli import collect
+    from prec.cli.app import collect
 
     assert {(name, "cpu") for name in NAMES} <= set(precision_pairs("cpu"))
     rows = {(row["name"], row["accelerator"]): row for row in collect()["precisions"]}

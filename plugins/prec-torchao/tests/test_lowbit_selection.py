@@ -83,3 +83,32 @@ def test_cpu_without_the_emulate_option_warns_that_it_is_an_emulation() -> None:
 def test_bad_options_are_configuration_errors(name: str, options: dict[str, Any], match: str) -> None:
     with pytest.raises(prec.ConfigurationError, match=match):
         prec.Trainer(accelerator="cpu", precision=name, precision_options=options)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["int8-mixed", "mxfp8-mixed"])
+def test_real_training_on_a_gpu(name: str) -> None:
+    reason = mx_gpu_reason(torch.cuda.get_device_capability(), torch.version.cuda)
+    if name == "mxfp8-mixed" and reason is not None:
+        pytest.skip(reason)
+    precision = prec.get_precision(name, "cuda")
+    assert precision.emulated is False
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+        model.append(torch.nn.Linear(256, 16))
+    precision.convert_module(model)
+    assert precision.conversion.converted == ["0", "2"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(96, 256, device="cuda")
+    y = torch.randint(0, 16, (96,), device="cuda")
+    losses = []
+    for _ in range(30):
+        with precision.forward_context():
+            out = model(precision.convert_input(x))
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        precision.backward(loss, model)
+        precision.optimizer_step(optimizer)
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -164,6 +164,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint onto the CPU and verify its checksum; any unreadable, damaged or malformed file becomes a
     :class:`CheckpointError` naming it (and the part that is wrong)."""
     path = Path(path)
+    if path.is_dir():
+        _refuse_directory(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}.")
     try:
@@ -183,6 +185,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a prec checkpoint: expected a dict with 'state_dict', got {keys}.")
     check_layout(path, checkpoint)
     return checkpoint
+
+
+def _refuse_directory(path: Path) -> None:
+    """A directory is never read as one checkpoint; a sharded one (``strategy="fsdp"``) says how to use it."""
+    from prec.checkpoint.sharded_manifest import is_sharded_checkpoint
+
+    if is_sharded_checkpoint(path):
+        raise CheckpointError(
+            f"{path} is a sharded checkpoint directory (written under strategy='fsdp'), which only an FSDP run"
+            " loads. To load it in one process, convert it to one file first:"
+            f" prec.checkpoint.sharded.export_full_checkpoint({str(path)!r}, 'full.ckpt'),"
+            " then pass ckpt_path='full.ckpt'."
+        )
+    raise CheckpointError(f"{path} is a directory, not a checkpoint file.")
 
 
 def _replace(temporary: str | os.PathLike[str], path: Path) -> None:

@@ -5,7 +5,8 @@ A sharded checkpoint is a directory::
     .metadata, __<rank>_0.distcp   DCP's files: model and optimizer states, each rank writing its own shards
     extras/rank<r>.pt              rank r's own state (loop counters, RNG, precision/scaler state ...), its
                                    DTensors (float32 copies, compensation) as plain local shards
-    prec_sharded.json              format version, world size, and a SHA-256 of every file above
+    prec_sharded.json              format version, world size, and a digest of every file above
+                                   (:mod:`prec.checkpoint.sharded_manifest`)
 
 It is written atomically: every rank writes into ``.<name>.tmp-<id>`` next to ``path``; when all are done, global
 rank zero writes the manifest and swaps the directory in with two renames (``path`` -> ``path.old``, the new one ->
@@ -16,16 +17,24 @@ filesystem every node sees (as DCP's own writer requires).
 Model and optimizer states go through ``torch.distributed.checkpoint.state_dict.get_state_dict`` /
 ``set_state_dict``, so their keys are the user's module's parameter names (the same as in a single process), and
 :func:`export_full_checkpoint` turns a sharded checkpoint into prec's single-file format offline, in one process.
+
+What loading a sharded directory trusts and checks (:func:`load_sharded`, :func:`export_full_checkpoint`, and so
+``fit/validate/test(ckpt_path=directory)`` under FSDP): no code from the directory ever runs. ``.metadata`` is
+unpickled with an allow-list of exactly the classes DCP writes there, every byte item and every ``extras/`` file
+with ``torch.load(..., weights_only=True)``, and tensors as DCP always did (``weights_only=True``); anything else
+is a :class:`prec.CheckpointError` naming the file or the stored value. Before any of that, rank zero accounts
+for every file: one the manifest does not list, a listed one that is missing, a symbolic link, or a name outside
+the directory is refused, and each file must match its digest. The digests detect damage, not tampering (the
+manifest is plain JSON that whoever can write the directory can rewrite); what a tampered directory can still do
+is hold different weights and plain values, never run code. The metadata's pointers are checked too: every
+stored item lies inside a listed shard file, and no declared tensor is larger than the shard files together.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,20 +51,35 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from prec.checkpoint.sharded_manifest import (
+    BACKUP_SUFFIX,
+    MANIFEST,
+    SHARDED_FORMAT,
+    is_sharded_checkpoint,
+    listed_files,
+    problem_with,
+    read_manifest,
+    readable,
+    write_manifest,
+)
+from prec.checkpoint.sharded_reader import SafeReader, raise_checkpoint_error, read_whole
 from prec.cluster.dtensor import LAYOUT_KEY, assemble_full, localize, with_full_leaves
 from prec.errors import CheckpointError
 
 #: ``optimizer_view(module)``: a context in which ``module``'s parameters are the tensors the optimizers step
 #: (``Precision.checkpoint_parameters``): DCP names optimizer state by the module's parameters, found by identity.
 OptimizerView = Callable[[torch.nn.Module], contextlib.AbstractContextManager[None]]
-MANIFEST = "prec_sharded.json"
-SHARDED_FORMAT = 1
-_BACKUP_SUFFIX = ".old"
-
-
-def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True for a directory :func:`save_sharded` wrote (or its backup, after a save killed mid-swap)."""
-    return _readable(Path(path)) is not None
+__all__ = [
+    "MANIFEST",
+    "SHARDED_FORMAT",
+    "export_full_checkpoint",
+    "is_sharded_checkpoint",
+    "load_full_into_sharded",
+    "load_sharded",
+    "name_keyed_optimizer_state",
+    "save_sharded",
+    "split_optimizer_state",
+]
 
 
 def _rank() -> int:
@@ -104,9 +128,7 @@ def save_sharded(
     _write_durably(extras, staging / "extras" / f"rank{_rank()}.pt")
     _barrier()
     if _rank() == 0:
-        files = {str(p.relative_to(staging)): _digest(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = {"format": SHARDED_FORMAT, "world_size": _world(), "files": files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        write_manifest(staging, _world())
         _swap_in(staging, target)
     _barrier()
 
@@ -121,7 +143,7 @@ def load_sharded(
     return this rank's ``state`` (rank 0's for a rank the checkpoint did not have). Written by another number of
     ranks, its sharded leaves (float32 copies, compensation) are rebuilt whole from every rank's shards, and each
     rank keeps its own shard of them (:func:`~prec.cluster.dtensor.copy_into`)."""
-    source = _readable(Path(path))
+    source = readable(Path(path))
     problem = _verify(source, Path(path)) if _rank() == 0 else None
     problem = _from_rank_zero(problem)
     if problem is not None:
@@ -131,12 +153,13 @@ def load_sharded(
     if optimizers:
         with optimizer_view(module):
             payload["optim"] = get_optimizer_state_dict(module, list(optimizers))
-    dcp.load(payload, checkpoint_id=str(source))
+    reader = SafeReader(source, listed_files(source))
+    raise_checkpoint_error(lambda: dcp.load(payload, storage_reader=reader), source)
     set_model_state_dict(module, payload["model"])
     if optimizers:
         with optimizer_view(module):
             set_optimizer_state_dict(module, list(optimizers), payload["optim"])
-    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    saved_world = read_manifest(source)["world_size"]
     extras = _read_extras(source, _rank() if _rank() < saved_world else 0)
     if saved_world == _world():
         extras.pop(LAYOUT_KEY, None)  # its shards load into the live DTensors (sharded_state.copy_into)
@@ -147,27 +170,31 @@ def load_sharded(
 
 
 def _read_extras(source: Path, rank: int) -> dict[str, Any]:
-    return torch.load(source / "extras" / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+    """Rank ``rank``'s own state, unpickled with torch's allow-list (``weights_only=True``)."""
+    path = source / "extras" / f"rank{rank}.pt"
+    try:
+        extras = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a refused or damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"sharded checkpoint {source}: extras/{path.name} is refused: {reason}") from error
+    if not isinstance(extras, dict):
+        raise CheckpointError(f"sharded checkpoint {source}: extras/{path.name} holds a {type(extras).__name__}.")
+    return extras
 
 
 def export_full_checkpoint(path: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
     """Turn a sharded checkpoint into prec's single-file checkpoint (``state_dict``, ``optimizer_states`` and
     rank 0's state), loadable by ``Trainer(devices=1).fit(..., ckpt_path=destination)``. Runs in one process,
     without a process group; it needs memory for the full model."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
     from prec.checkpoint.io import atomic_save
 
-    source = _readable(Path(path))
+    source = readable(Path(path))
     problem = _verify(source, Path(path))
     if problem is not None:
         raise CheckpointError(problem)
     assert source is not None
-    with tempfile.TemporaryDirectory() as scratch:
-        full_file = Path(scratch) / "full.pt"
-        dcp_to_torch_save(str(source), str(full_file))
-        full = torch.load(full_file, map_location="cpu", weights_only=True)
-    saved_world = json.loads((source / MANIFEST).read_text())["world_size"]
+    full = read_whole(source, listed_files(source))
+    saved_world = read_manifest(source)["world_size"]
     extras = assemble_full([_read_extras(source, rank) for rank in range(saved_world)])
     layout = extras.pop("sharded")
     checkpoint = {**extras, "state_dict": full["model"]}
@@ -237,39 +264,11 @@ def name_keyed_optimizer_state(
 
 
 # -- files ---------------------------------------------------------------------------------------------------
-def _readable(path: Path) -> Path | None:
-    """``path``, or its backup after a save killed between its two renames."""
-    for candidate in (path, path.with_name(path.name + _BACKUP_SUFFIX)):
-        if candidate.is_dir() and (candidate / MANIFEST).is_file():
-            return candidate
-    return None
-
-
 def _verify(source: Path | None, asked: Path) -> str | None:
     """Why the checkpoint at ``source`` cannot be trusted, or ``None``."""
     if source is None:
         return f"no sharded checkpoint at {asked} (a directory with {MANIFEST})."
-    try:
-        manifest = json.loads((source / MANIFEST).read_text())
-    except (OSError, ValueError) as error:
-        return f"sharded checkpoint {source}: unreadable {MANIFEST}: {error}"
-    if manifest.get("format") != SHARDED_FORMAT:
-        return f"sharded checkpoint {source} has format {manifest.get('format')!r}; this prec reads {SHARDED_FORMAT}."
-    for name, expected in manifest.get("files", {}).items():
-        file = source / name
-        if not file.is_file():
-            return f"sharded checkpoint {source} is incomplete: {name} is missing."
-        if _digest(file) != expected:
-            return f"sharded checkpoint {source} is corrupt: {name} does not match its SHA-256 in {MANIFEST}."
-    return None
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return problem_with(source)
 
 
 def _write_durably(value: Any, path: Path) -> None:
@@ -291,7 +290,7 @@ def _fsync_directory(path: Path) -> None:
 
 def _swap_in(staging: Path, target: Path) -> None:
     """Replace ``target`` by ``staging`` so that a kill at any moment leaves one complete checkpoint."""
-    backup = target.with_name(target.name + _BACKUP_SUFFIX)
+    backup = target.with_name(target.name + BACKUP_SUFFIX)
     if backup.exists() and target.exists():
         shutil.rmtree(backup)  # left by an earlier swap that completed its second rename
     if target.exists():
