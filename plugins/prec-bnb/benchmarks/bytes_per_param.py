@@ -15,10 +15,10 @@ import platform
 import time
 from pathlib import Path
 
-import prec_bnb
 import torch
 
 import prec
+import prec_bnb
 
 MODES = ["bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-fp4-dq", "bnb-int8"]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import prec_bnb
 import pytest
 import torch
 
 import prec
+import prec_bnb
 
 
 @pytest.mark.cuda

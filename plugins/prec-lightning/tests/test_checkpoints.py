@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import prec_lightning
 import pytest
 import torch
 from _modules import load_module
 
 import prec
+import prec_lightning
 
 script = load_module(Path(__file__).with_name("lightning_script.py"), "_prec_lightning_script")
 

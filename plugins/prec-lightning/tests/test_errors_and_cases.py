@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import prec_lightning
 import pytest
 import torch
 from _modules import load_module
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 import prec
+import prec_lightning
 
 script = load_module(Path(__file__).with_name("lightning_script.py"), "_prec_lightning_script")
 PLUGINS = [prec_lightning.Precision, prec_lightning.FabricPrecision]

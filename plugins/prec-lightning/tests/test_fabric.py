@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import prec_lightning
 import pytest
 import torch
 from _modules import load_module
@@ -14,6 +13,7 @@ from lightning.fabric import Fabric
 from torch import nn
 
 import prec
+import prec_lightning
 
 script = load_module(Path(__file__).with_name("lightning_script.py"), "_prec_lightning_script")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import prec_lightning
 import pytest
 import torch
 from _modules import load_module
 from lightning.pytorch.loggers import CSVLogger
 
 import prec
+import prec_lightning
 
 script = load_module(Path(__file__).with_name("lightning_script.py"), "_prec_lightning_script")
 
