@@ -28,7 +28,6 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.utils.data import DataLoader, TensorDataset
 
 import prec
-from prec.checkpoint.sharded import load_sharded, save_sharded
 
 
 class Model(prec.TrainingModule):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -164,6 +165,8 @@ def dry_run(args: argparse.Namespace) -> int:
              "--out", str(out)]  # fmt: skip
     parts.command("transformer step benchmark on the cpu", bench, 600, env=env, cwd=scratch)
     parts.say(f"benchmark results in {out}")
+    for folder in (venv, site) if args.out is None else (scratch,):  # a gigabyte with torch: results stay
+        shutil.rmtree(folder, ignore_errors=True)
     return parts.summary()
 
 
