@@ -124,4 +124,3 @@ def test_compiled_training_matches_eager(precision: str, options: dict[str, Any]
     assert counters["stats"]["unique_graphs"] >= 1, "inductor compiled nothing"
     assert compiled == pytest.approx(eager, rel=RTOL)
     assert eager[-1] < eager[0]
-

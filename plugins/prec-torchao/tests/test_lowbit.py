@@ -27,13 +27,16 @@ def data(batches: int = 6, batch_size: int = 24, seed: int = 0) -> list[tuple[to
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
+def block() -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Linear(WIDTH, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, WIDTH))
+
+
 class Classifier(prec.TrainingModule):
     """Two residual MLP blocks (32x64, 64x32: every format takes them), a norm and a 32x4 head."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        block = lambda: torch.nn.Sequential(torch.nn.Linear(WIDTH, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, WIDTH))  # noqa: E731
         self.blocks = torch.nn.ModuleList([block(), block()])
         self.norm = torch.nn.LayerNorm(WIDTH)
         self.head = torch.nn.Linear(WIDTH, CLASSES)
@@ -162,24 +165,25 @@ def test_the_int8_layer_is_torchaos_int8_mixed_precision_linear_in_bfloat16() ->
 
 
 @pytest.mark.parametrize(
-    ("name", "model", "kept"),
-    [
-        ("mxfp8-mixed", torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.Linear(64, 32)), "48x64 is not a multiple of 32"),
-        ("int8-mixed", torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Linear(64, 32)), "20x64 is not a multiple of 8"),
-    ],
-)  # fmt: skip
-def test_layers_the_format_cannot_take_are_kept_with_the_reason(name: str, model: torch.nn.Module, kept: str) -> None:
+    ("name", "width", "kept"),
+    [("mxfp8-mixed", 48, "48x64 is not a multiple of 32"), ("int8-mixed", 20, "20x64 is not a multiple of 8")],
+)
+def test_layers_the_format_cannot_take_are_kept_with_the_reason(name: str, width: int, kept: str) -> None:
     precision = prec.get_precision(name, "cpu", convert_head=True, **EMULATE[name])
-    precision.convert_module(model)
+    precision.convert_module(torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.Linear(64, 32)))
     assert precision.conversion.converted == ["1"]
     assert precision.conversion.skipped["0"].startswith(kept)
     assert kept in precision.conversion.summary()
 
 
+def _takes_the_width(module: torch.nn.Module, name: str) -> bool:
+    return module.in_features == WIDTH
+
+
 @pytest.mark.parametrize(
     ("options", "layers"),
-    [({"skip": ["blocks.1.*"]}, CONVERTED[:2]), ({"module_filter": lambda module, name: module.in_features == WIDTH}, ["blocks.0.0", "blocks.1.0"])],
-)  # fmt: skip
+    [({"skip": ["blocks.1.*"]}, CONVERTED[:2]), ({"module_filter": _takes_the_width}, ["blocks.0.0", "blocks.1.0"])],
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_filter_options(name: str, options: dict[str, Any], layers: list[str]) -> None:
     precision = prec.get_precision(name, "cpu", **EMULATE[name], **options)

@@ -72,7 +72,12 @@ _DESCRIPTIONS = {
     ("int8-mixed", "cuda"): "float32 weights, bf16 autocast, dynamic int8 Linear matmuls via torchao",
     ("int8-mixed", "cpu"): "float32 weights, bf16 autocast, dynamic int8 Linear matmuls via torchao (torch._int_mm)",
 }
-_FACTORIES = {"fp8-mixed": fp8_mixed, "fp8-bf16-true": fp8_bf16_true, "mxfp8-mixed": mxfp8_mixed, "int8-mixed": int8_mixed}
+_FACTORIES = {
+    "fp8-mixed": fp8_mixed,
+    "fp8-bf16-true": fp8_bf16_true,
+    "mxfp8-mixed": mxfp8_mixed,
+    "int8-mixed": int8_mixed,
+}
 
 
 @hookimpl

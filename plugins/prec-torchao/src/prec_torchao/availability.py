@@ -1,9 +1,9 @@
 """Whether torchao (and its fp8, MXFP8 and int8 training) can be used here, decided without importing it.
 
 ``prec list`` calls every plugin's registration hook, and importing torchao takes seconds (it loads its kernels and
-registers many ops), so registration only asks the import system and the installed metadata. The real import
-happens once, when a Trainer selects one of this package's precisions; a torchao that fails there (built for another torch) is
-reported with the error it raised.
+registers many ops), so registration only asks the import system and the installed metadata. The real import happens
+once, when a Trainer selects one of this package's precisions; a torchao that fails there (built for another torch)
+is reported with the error it raised.
 """
 
 from __future__ import annotations

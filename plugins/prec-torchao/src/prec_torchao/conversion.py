@@ -1,9 +1,10 @@
 """Swapping ``nn.Linear`` layers for low-precision ones (torchao's ``Float8Linear``, prec-torchao's MXFP8 and int8
 layers): which layers, with which recipe, and a report.
 
-Each format's kernels need both dimensions of a weight to be multiples of some number (fp8: 16, MXFP8: 32, int8:
-8); other layers always stay in high precision, and the report says why. The output head stays too unless asked: its outputs feed the loss directly and are the
-layer most sensitive to fp8 rounding (torchao's own guidance, and what Transformer Engine users do by hand).
+Each format's kernels need both dimensions of a weight to be multiples of some number (fp8: 16, MXFP8: 32, int8: 8);
+other layers always stay in high precision, and the report says why. The output head stays too unless asked: its
+outputs feed the loss directly and are the layer most sensitive to fp8 rounding (torchao's own guidance, and what
+Transformer Engine users do by hand).
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class Int8TrainingLinear(torch.nn.Linear):
             return self.matmul.apply(input.to(dtype), self.weight.to(dtype), bias, self.config)
 
 
-def swap_layers(module: torch.nn.Module, names: list[str], layer_type: type[torch.nn.Linear], **attributes: Any) -> None:
+def swap_layers(
+    module: torch.nn.Module, names: list[str], layer_type: type[torch.nn.Linear], **attributes: Any
+) -> None:
     """Make the named ``nn.Linear`` layers ``layer_type`` in place, keeping their Parameters, hooks and names."""
     for name in names:
         layer = module.get_submodule(name)
