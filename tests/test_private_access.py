@@ -51,6 +51,15 @@ def _violations(trees: dict[Path, ast.Module] | None = None) -> list[str]:
     found: list[str] = []
     for path, tree in trees.items():
         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        base_calls = {
+            id(call.func)
+            for call in ast.walk(tree)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.args
+            and isinstance(call.args[0], ast.Name)
+            and call.args[0].id in OWN
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0].startswith("prec"):
                 for alias in node.names:
@@ -59,8 +68,12 @@ def _violations(trees: dict[Path, ast.Module] | None = None) -> list[str]:
                     if _private(alias.name) and not module_file.exists():
                         found.append(f"{where}:{node.lineno}: imports {node.module}.{alias.name}")
             elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr in ours:
+                if id(node) in base_calls:  # ``Base._method(self, ...)``: an explicit super() call, the object's own
+                    continue
                 owner = node.value
                 if isinstance(owner, ast.Name) and owner.id in OWN:
+                    continue
+                if ast.unparse(owner).split(".")[0] == "torch":  # torch's own class named explicitly: torch's member
                     continue
                 if (
                     isinstance(owner, ast.Call)
