@@ -231,7 +231,7 @@ def _load_in_dtype(
     _call_load_hook(built, checkpoint)
     state = _cast_for(built, checkpoint)
     result = built.load_state_dict(state, strict=strict, assign=True)
-    if any(value.is_meta for value in built.state_dict().values()):
+    if any(value.is_meta for value in [*built.parameters(), *built.buffers()]):
         built = _build_real(cls, checkpoint_path, saved, arguments, target)
         _call_load_hook(built, checkpoint)
         result = built.load_state_dict(state, strict=strict, assign=True)
