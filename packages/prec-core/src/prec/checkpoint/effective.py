@@ -33,9 +33,7 @@ def saved_param_dtype(checkpoint: Mapping[str, Any]) -> torch.dtype | None:
     return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def tracked_values(
-    checkpoint: Mapping[str, Any], parameter_order: Sequence[str] | None = None
-) -> dict[str, Tensor]:
+def tracked_values(checkpoint: Mapping[str, Any], parameter_order: Sequence[str] | None = None) -> dict[str, Tensor]:
     """``{parameter name: float32 value}`` for the parameters the precision state holds more precision for (empty
     for checkpoints without ``master_weights`` ``"fp32"``/``"kahan"``)."""
     state = checkpoint.get("precision_state") or {}
@@ -59,9 +57,7 @@ def tracked_values(
     return chosen
 
 
-def effective_float32(
-    checkpoint: Mapping[str, Any], parameter_order: Sequence[str] | None = None
-) -> dict[str, Tensor]:
+def effective_float32(checkpoint: Mapping[str, Any], parameter_order: Sequence[str] | None = None) -> dict[str, Tensor]:
     """The checkpoint's ``state_dict`` with every floating tensor in float32 (float64 and complex ones kept), the
     weights the precision state refines at their full value (:func:`tracked_values`)."""
     tracked = tracked_values(checkpoint, parameter_order)
