@@ -95,7 +95,11 @@ def test_bf16_load_is_bfloat16_and_exactly_the_stored_weights(tmp_path: Path) ->
 
 def test_precision_names_stand_for_their_weight_dtype(tmp_path: Path) -> None:
     path = _train(tmp_path, None)
-    for precision, dtype in [("bf16-mixed", torch.float32), ("16-true", torch.float16), ("fp8-bf16-true", torch.bfloat16)]:
+    for precision, dtype in [
+        ("bf16-mixed", torch.float32),
+        ("16-true", torch.float16),
+        ("fp8-bf16-true", torch.bfloat16),
+    ]:
         model = Net.load_from_checkpoint(path, precision=precision)
         assert {p.dtype for p in model.parameters()} == {dtype}, precision
     assert Net.load_from_checkpoint(path, dtype="float16").a.weight.dtype == torch.float16
