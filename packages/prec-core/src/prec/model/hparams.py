@@ -127,31 +127,29 @@ def load_from_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     *,
     strict: bool = True,
+    dtype: torch.dtype | str | None = None,
+    precision: str | None = None,
     **overrides: Any,
 ) -> Built:
     """Build ``cls(**saved hyperparameters, **overrides)`` and load the checkpoint's weights into it (on the CPU;
-    move it afterwards). ``overrides`` supply what was ignored or could not be saved."""
+    move it afterwards). ``overrides`` supply what was ignored or could not be saved.
+
+    ``dtype`` (or ``precision``, a precision name standing for its weights' dtype: ``"bf16-true"`` is bfloat16,
+    a mixed precision float32) builds the model in that dtype directly: on the meta device, then the checkpoint's
+    tensors cast once and assigned, so a float32 copy of the model never exists. Weights that a bf16-true
+    checkpoint refines with ``master_weights`` load at their full float32 value when the dtype is wider."""
     from prec.checkpoint.io import read_checkpoint
 
+    target = weights_dtype(dtype, precision)
     checkpoint = read_checkpoint(checkpoint_path)
     saved = dict(checkpoint.get(CHECKPOINT_KEY) or {})
     arguments = {**saved, **overrides}
-    try:
-        model = cls(**arguments)
-    except TypeError as error:
-        raise CheckpointError(
-            f"cannot build {cls.__name__} from checkpoint {checkpoint_path}: {error}. Saved hyperparameters:"
-            f" {sorted(saved)}; pass what is missing as keyword arguments to load_from_checkpoint()."
-        ) from error
-    configure = getattr(model, "configure_model", None)
-    if callable(configure):
-        configure()  # layers built in configure_model must exist before their weights load
-    if not isinstance(model, torch.nn.Module):
-        raise CheckpointError(f"{cls.__name__} is not a torch.nn.Module; its weights cannot be loaded.")
-    hook = getattr(model, "on_load_checkpoint", None)
-    if callable(hook):
-        hook(checkpoint)
-    result = model.load_state_dict(checkpoint["state_dict"], strict=strict)
+    if target is None:
+        model = _build(cls, checkpoint_path, saved, arguments)
+        _call_load_hook(model, checkpoint)
+        result = model.load_state_dict(_cast_for(model, checkpoint), strict=strict)
+    else:
+        model, result = _load_in_dtype(cls, checkpoint_path, checkpoint, saved, arguments, target, strict)
     if not strict and (result.missing_keys or result.unexpected_keys):
         warn(
             f"load_from_checkpoint(strict=False): {len(result.missing_keys)} missing and"
@@ -159,6 +157,126 @@ def load_from_checkpoint(
             PrecWarning,
         )
     return model
+
+
+#: Each canonical precision's weight dtype (mixed precisions keep float32 weights).
+PRECISION_WEIGHT_DTYPES: dict[str, torch.dtype] = {
+    "16-mixed": torch.float32,
+    "bf16-mixed": torch.float32,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+    "32-true": torch.float32,
+    "64-true": torch.float64,
+}
+_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def weights_dtype(dtype: torch.dtype | str | None = None, precision: str | None = None) -> torch.dtype | None:
+    """The dtype ``load_from_checkpoint(dtype=..., precision=...)`` builds the model in (``None``: as built).
+    A plugin's precision name counts by its suffix: ``*-mixed`` is float32, ``*bf16-true`` bfloat16."""
+    from prec.names import normalize_precision
+
+    chosen: torch.dtype | None = None
+    if dtype is not None:
+        chosen = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+        if chosen not in _FLOATING:
+            raise ConfigurationError(
+                f"load_from_checkpoint(dtype={dtype!r}): dtype must be a floating torch.dtype, one of"
+                f" {', '.join(map(str, _FLOATING))} (or its name, such as 'bfloat16')."
+            )
+    if precision is None:
+        return chosen
+    if isinstance(precision, str) and precision.endswith("-mixed") and precision not in PRECISION_WEIGHT_DTYPES:
+        from_precision = torch.float32
+    elif isinstance(precision, str) and precision.endswith("bf16-true") and precision not in PRECISION_WEIGHT_DTYPES:
+        from_precision = torch.bfloat16
+    else:
+        try:
+            name = normalize_precision(precision)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"load_from_checkpoint(precision=...): {error}") from error
+        if name not in PRECISION_WEIGHT_DTYPES:
+            raise ConfigurationError(
+                f"load_from_checkpoint(precision={precision!r}) names no weight dtype; use one of"
+                f" {', '.join(PRECISION_WEIGHT_DTYPES)}, or pass dtype=."
+            )
+        from_precision = PRECISION_WEIGHT_DTYPES[name]
+    if chosen is not None and chosen != from_precision:
+        raise ConfigurationError(
+            f"load_from_checkpoint(dtype={dtype!r}, precision={precision!r}): the precision's weights are"
+            f" {from_precision}, not {chosen}; pass one of the two."
+        )
+    return from_precision
+
+
+def _load_in_dtype(
+    cls: type[Built],
+    checkpoint_path: str | os.PathLike[str],
+    checkpoint: dict[str, Any],
+    saved: dict[str, Any],
+    arguments: dict[str, Any],
+    target: torch.dtype,
+    strict: bool,
+) -> tuple[Built, Any]:
+    """Build on the meta device in ``target``, cast the checkpoint's tensors once, assign them. A model that left
+    tensors the checkpoint does not hold (non-persistent buffers) is rebuilt for real in ``target``."""
+    from prec.precision.base import default_dtype
+
+    try:
+        with torch.device("meta"), default_dtype(target):
+            model: Any = _build(cls, checkpoint_path, saved, arguments)
+    except (NotImplementedError, RuntimeError):  # an __init__ that needs real values (``.item()``) on meta
+        model = None
+    built = model if model is not None else _build_real(cls, checkpoint_path, saved, arguments, target)
+    _call_load_hook(built, checkpoint)
+    state = _cast_for(built, checkpoint)
+    result = built.load_state_dict(state, strict=strict, assign=True)
+    if any(value.is_meta for value in [*built.parameters(), *built.buffers()]):
+        built = _build_real(cls, checkpoint_path, saved, arguments, target)
+        _call_load_hook(built, checkpoint)
+        result = built.load_state_dict(state, strict=strict, assign=True)
+    return built, result
+
+
+def _cast_for(model: torch.nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's tensors in the dtypes of ``model``'s, each cast once (refined float32 values where the
+    model's dtype is not the one training kept)."""
+    from prec.checkpoint.effective import cast_state
+
+    dtypes = {name: value.dtype for name, value in model.state_dict().items() if value.is_floating_point()}
+    return cast_state(checkpoint, dtypes, [name for name, _ in model.named_parameters()])
+
+
+def _build_real(
+    cls: type[Built], path: str | os.PathLike[str], saved: dict[str, Any], arguments: dict[str, Any], target: Any
+) -> Any:
+    from prec.precision.base import default_dtype
+
+    with default_dtype(target):
+        return _build(cls, path, saved, arguments)
+
+
+def _build(cls: type[Built], path: str | os.PathLike[str], saved: dict[str, Any], arguments: dict[str, Any]) -> Any:
+    """``cls(**arguments)``, then ``configure_model()`` (layers built there must exist before their weights load)."""
+    try:
+        model: Any = cls(**arguments)
+    except TypeError as error:
+        raise CheckpointError(
+            f"cannot build {cls.__name__} from checkpoint {path}: {error}. Saved hyperparameters:"
+            f" {sorted(saved)}; pass what is missing as keyword arguments to load_from_checkpoint()."
+        ) from error
+    configure = getattr(model, "configure_model", None)
+    if callable(configure):
+        configure()
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"{cls.__name__} is not a torch.nn.Module; its weights cannot be loaded.")
+    return model
+
+
+def _call_load_hook(model: Any, checkpoint: dict[str, Any]) -> None:
+    hook = getattr(model, "on_load_checkpoint", None)
+    if callable(hook):
+        hook(checkpoint)
 
 
 class HyperparametersMixin:
