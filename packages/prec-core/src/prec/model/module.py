@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.model.hparams import HyperparametersMixin
@@ -156,6 +157,15 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
 
         return load_from_checkpoint(cls, checkpoint_path, strict=strict, **overrides)
 
+    # -- copies -----------------------------------------------------------------------------------------------
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy(model)`` (an EMA or best-so-far copy) and pickling leave the Trainer out, as
+        Lightning's do: the copy is a plain module, attached to no run."""
+        state = dict(self.__dict__)
+        state.pop("_prec_trainer", None)
+        return state
+
     # -- trainer access -------------------------------------------------------------------------------------
     @property
     def trainer(self) -> TrainerView:
@@ -280,11 +290,17 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         return schedulers[0] if len(schedulers) == 1 else schedulers
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward through the precision (scaled under a grad scaler). Use instead of ``loss.backward()``: under
-        ddp/fsdp the strategy prepares gradient synchronisation for it first (see :meth:`no_backward_sync`)."""
+        """Backward through the precision (scaled under a grad scaler), between the ``on_before_backward`` and
+        ``on_after_backward`` hooks. Use instead of ``loss.backward()``: under ddp/fsdp the strategy prepares
+        gradient synchronisation for it first (see :meth:`no_backward_sync`)."""
         trainer = self.trainer
+        hooks = trainer.state.hooks
         loss = trainer.strategy.pre_backward(loss, trainer.state.wrapped_model)
+        for hook in hooks.get("on_before_backward", ()):  # Lightning's order, as under automatic optimization
+            hook(loss)
         trainer.precision_plugin.backward(loss, trainer.model, *args, **kwargs)
+        for hook in hooks.get("on_after_backward", ()):
+            hook()
 
     @contextlib.contextmanager
     def no_backward_sync(self, enabled: bool = True) -> Iterator[None]:

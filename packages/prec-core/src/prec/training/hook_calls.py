@@ -28,7 +28,7 @@ CALLED_CALLBACK_HOOKS = frozenset(
 UNCALLED_MODULE_HOOKS: dict[str, str] = {
     "backward": "prec runs backward through the precision (loss scaling); use on_before_backward/on_after_backward",
     "on_validation_model_eval": "prec puts the model in eval mode itself; use on_validation_start",
-    "on_validation_model_train": "prec puts the model back in train mode itself; use on_validation_end",
+    "on_validation_model_train": "prec gives each submodule its own mode back itself; use on_validation_end",
     "on_validation_model_zero_grad": "prec does not zero gradients around validation",
     "on_test_model_eval": "prec puts the model in eval mode itself; use on_test_start",
     "on_test_model_train": "use on_test_end",
