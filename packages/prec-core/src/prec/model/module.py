@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -246,14 +246,14 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
     def log(
         self,
         name: str,
-        value: Tensor | float | int,
+        value: Any,
         *,
         prog_bar: bool = False,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
         logger: bool = True,
         sync_dist: bool | None = None,
-        reduce_fx: str = "mean",
+        reduce_fx: str | Callable[..., Any] = "mean",
         batch_size: int | None = None,
         **unsupported: Any,
     ) -> None:
@@ -261,8 +261,10 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         progress bar. In training steps ``on_step`` defaults to True and ``on_epoch`` to False; in evaluation
         the other way round; with both, the names get ``_step``/``_epoch`` suffixes (as in Lightning).
 
-        The epoch value reduces the epoch's values with ``reduce_fx`` (``"mean"``, ``"sum"``, ``"max"``,
-        ``"min"``); the mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
+        The epoch value reduces the epoch's values with ``reduce_fx`` (``"mean"``/``"avg"``, ``"sum"``, ``"max"``,
+        ``"min"`` in any case, or ``torch.mean``, ``torch.sum``/``sum``, ``torch.max``/``max``,
+        ``torch.min``/``min``); a ``torchmetrics.Metric`` ``value`` is computed and reset at the epoch's end, as in
+        Lightning. The mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
         processes epoch values are reduced across ranks at the epoch's end (``sync_dist=False``: kept per rank);
         ``sync_dist=True`` also reduces each step value, a collective per call. Otherwise this costs a
         dictionary write: nothing is synchronised with the device here. Lightning's other arguments are a
@@ -333,8 +335,8 @@ LOG_ARGUMENTS_LEFT_OUT: Mapping[str, str] = {
     "enable_graph": "prec logs values without their autograd graph; keep the tensor yourself if you need it.",
     "add_dataloader_idx": "prec does not suffix names by loader; put the index in the name yourself, e.g."
     " self.log(f'val_loss/{dataloader_idx}', loss).",
-    "metric_attribute": "prec logs numbers and tensors, not torchmetrics objects; log metric.compute() at the"
-    " epoch's end (or the metric's forward value per step).",
+    "metric_attribute": "prec logs a torchmetrics.Metric passed as the value by itself (computed and reset at the"
+    " epoch's end); drop metric_attribute.",
 }
 
 

@@ -202,8 +202,8 @@ class TrainingEpoch:
             if last and has_epoch_schedulers:  # Lightning's order: before the last batch's end hooks
                 step_schedulers(trainer, "epoch", monitored=False)
                 self.epoch_schedulers_stepped = True
-            if batch_end:
-                call(batch_end, output, batch, batch_idx)
+            if batch_end:  # Lightning's outputs: {"loss": detached loss, **extra} under automatic optimization
+                call(batch_end, output if manual else batch_outputs(output, loss), batch, batch_idx)
             if val_every and (batch_idx + 1) % val_every == 0 and batch_idx + 1 < total:
                 validate()  # type: ignore[misc]
                 metrics.training = True
@@ -280,6 +280,16 @@ class TrainingEpoch:
                 " (warned once per fit).",
                 PrecWarning,
             )
+
+
+def batch_outputs(output: Any, loss: Tensor | None) -> dict[str, Any]:
+    """What ``on_train_batch_end`` receives under automatic optimization, as in Lightning: ``{"loss": loss}`` (the
+    accumulation-divided loss, detached) with the other keys ``training_step`` returned; ``{}`` for a skipped
+    batch."""
+    if loss is None:
+        return {}
+    extra = {key: value for key, value in output.items() if key != "loss"} if isinstance(output, Mapping) else {}
+    return {"loss": loss.detach(), **extra}
 
 
 def _val_interval(interval: int | float | None, total: float) -> int:

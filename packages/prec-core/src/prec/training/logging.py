@@ -31,7 +31,9 @@ def flush_logs(trainer: TrainerView, training: bool) -> None:
     if sink is None:
         return
     if trainer.state.metrics.pending and trainer.strategy.is_global_zero:
-        sink.log_row(trainer.state.metrics.take_pending(), max(trainer.state.batches_that_stepped - 1, 0), trainer.current_epoch)
+        sink.log_row(
+            trainer.state.metrics.take_pending(), max(trainer.state.batches_that_stepped - 1, 0), trainer.current_epoch
+        )
     sink.flush()
 
 

@@ -49,11 +49,20 @@ def run_fit(
         trainer.precision_plugin.setup_optimizer(optimizer)
     state.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
     state.lr_scheduler_configs = schedulers
+    if model.__dict__.get("validation_step", ...) is None:
+        val_loader = None  # ``model.validation_step = None``: validation is off, as in Lightning
     train_loader = trainer.strategy.setup_dataloader(train_loader)
     if val_loader is not None:
         val_loader = trainer.strategy.setup_dataloader(val_loader)
     state.train_batches = limit_batches(trainer.limit_train_batches, train_loader)
     trainer.num_training_batches = state.train_batches
+    if trainer.log_sink is not None and trainer.is_global_zero and state.train_batches < trainer.log_every_n_steps:
+        warn(
+            f"the training loader has {state.train_batches} batches, fewer than Trainer(log_every_n_steps="
+            f"{trainer.log_every_n_steps}): no step metrics are written in the first epoch. Pass a lower"
+            " log_every_n_steps to see them.",
+            PrecWarning,
+        )
     if state.ckpt_path is not None:
         load_checkpoint(trainer, model, state.ckpt_path, "fit")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch

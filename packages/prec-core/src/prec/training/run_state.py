@@ -39,6 +39,13 @@ class RunState:
     def __init__(self) -> None:
         #: ``"initializing"``, then ``"fit"``/``"validate"``/``"test"``/``"predict"`` while running, ``"finished"``.
         self.stage = "initializing"
+        #: Lightning's ``TrainerStatus`` values: ``"initializing"``, ``"running"``, ``"finished"``, ``"interrupted"``
+        #: (the last run raised, Ctrl-C included).
+        self.status = "initializing"
+        #: Whether the last run ran to its end (``trainer.state.finished``, as in Lightning).
+        self.finished = False
+        #: ``validate``/``test``'s ``verbose``: whether the results table is shown at the end.
+        self.verbose = True
         #: Optimizer steps taken (what ``max_steps`` counts; under manual optimization each ``opt.step()``).
         self.global_step = 0
         #: Training batches that ended an optimizer-step window: the step metrics rows are written at (Lightning's
@@ -75,6 +82,8 @@ class RunState:
     # -- a run's life ---------------------------------------------------------------------------------------
     def start(self, stage: str, model: TrainingModule, ckpt_path: str | os.PathLike[str] | None) -> None:
         self.stage = stage
+        self.status = "running"
+        self.finished = False
         self.model = model
         self.ckpt_path = ckpt_path
         self.should_stop = False
@@ -82,8 +91,10 @@ class RunState:
         self.hooks = {}
         self.metrics.training = stage == "fit"
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
         self.stage = "finished"
+        self.status = "interrupted" if interrupted else "finished"
+        self.finished = not interrupted
         self._resume = None  # a checkpoint's loop state applies to the run that loaded it only
 
     # -- checkpoints --------------------------------------------------------------------------------------------
