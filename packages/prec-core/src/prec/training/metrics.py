@@ -92,7 +92,9 @@ class MetricStore:
                 f"self.log({name!r}, ...) takes a number, a scalar tensor or a torchmetrics.Metric, not"
                 f" {type(value).__name__}."
             )
-        fx = reduce_fx_name(name, reduce_fx)
+        fx = _FX_ALIASES.get(reduce_fx) if reduce_fx.__hash__ is not None else None  # one lookup per call
+        if fx is None:
+            fx = reduce_fx_name(name, reduce_fx)
         training = self.training
         step = on_step if on_step is not None else training
         epoch = on_epoch if on_epoch is not None else not training
