@@ -153,7 +153,7 @@ def test_log_rejects_non_scalars() -> None:
         ("sync_dist_group", "torch.distributed.all_reduce"),
         ("enable_graph", "without their autograd graph"),
         ("add_dataloader_idx", "put the index in the name"),
-        ("metric_attribute", "metric.compute()"),
+        ("metric_attribute", "drop metric_attribute"),
         ("prog_barr", "unknown argument 'prog_barr'; it takes prog_bar"),
     ],
 )

@@ -237,7 +237,8 @@ def test_manual_optimization_clips_unscaled_gradients_under_a_scaler() -> None:
 def test_manual_optimization_takes_one_scaler_step_per_opt_step() -> None:
     precision = scaler_precision(init_scale=2.0**4, growth_interval=1)
     calls = count_scaler_steps(precision)
-    trainer(max_steps=3, plugins=[precision]).fit(Manual(steps_per_batch=2, lr=0.001), make_loader())
+    # global_step counts each opt.step() (as Lightning does): 3 batches of 2 steps
+    trainer(max_steps=6, plugins=[precision]).fit(Manual(steps_per_batch=2, lr=0.001), make_loader())
     assert len(calls) == 6
     assert precision.scaler.get_scale() == 2.0**10  # each of the 6 steps was followed by one update
 

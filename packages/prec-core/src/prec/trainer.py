@@ -262,7 +262,18 @@ class Trainer:
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
+        """What the progress bar shows: the values logged with ``prog_bar=True``."""
         return self.state.metrics.progress_bar_metrics()
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        """What was handed to the loggers, with the ``_step``/``_epoch`` names (Lightning's ``logged_metrics``)."""
+        return self.state.metrics.logged_metrics()
+
+    @property
+    def progress_bar_callback(self) -> ProgressBarCallback | None:
+        """The progress-bar callback of this Trainer (``None`` with ``enable_progress_bar=False``)."""
+        return next((c for c in self.callbacks if isinstance(c, ProgressBarCallback)), None)
 
     @property
     def global_step(self) -> int:
@@ -357,11 +368,13 @@ class Trainer:
         model: TrainingModule | None = None,
         dataloaders: Iterable[Any] | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        verbose: bool = True,
         datamodule: DataModule | None = None,
     ) -> list[dict[str, float]]:
         """Run ``validation_step`` over the loader; return the epoch metrics as a list with one dict per loader
         (as Lightning does). Without ``model``, the Trainer's last one; ``ckpt_path`` (a path, ``"best"`` or
-        ``"last"``) loads weights first."""
+        ``"last"``) loads weights first; ``verbose=False`` leaves the results table out."""
+        self.state.verbose = bool(verbose)
         return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
 
     def test(
@@ -369,9 +382,11 @@ class Trainer:
         model: TrainingModule | None = None,
         dataloaders: Iterable[Any] | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        verbose: bool = True,
         datamodule: DataModule | None = None,
     ) -> list[dict[str, float]]:
         """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader."""
+        self.state.verbose = bool(verbose)
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
 
     def predict(

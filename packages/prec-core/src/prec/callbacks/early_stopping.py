@@ -38,6 +38,8 @@ class EarlyStopping(Callback):
             ``None``: at epoch end when validation runs once per epoch at its end, otherwise after validation.
     """
 
+    is_monitoring_callback = True  # runs after the module's on_train_epoch_end
+
     order = {"min": "<", "max": ">"}
 
     def __init__(

@@ -44,6 +44,9 @@ class LearningRateMonitor(Callback):
         self.log_weight_decay = log_weight_decay
         #: Every value logged, by name (for inspection and tests).
         self.lrs: dict[str, list[float]] = {}
+        #: The last momentum and weight decay logged, by logged name (``lr-SGD-momentum`` …), as in Lightning.
+        self.last_momentum_values: dict[str, float] = {}
+        self.last_weight_decay_values: dict[str, float] = {}
 
     @override
     def on_train_start(self, trainer: TrainerView, module: TrainingModule) -> None:
@@ -88,7 +91,13 @@ class LearningRateMonitor(Callback):
         if not stats:
             return
         for name, value in stats.items():
-            self.lrs.setdefault(name, []).append(value)
+            if name.endswith("-momentum"):
+                self.last_momentum_values[name] = value
+            elif name.endswith("-weight_decay"):
+                self.last_weight_decay_values[name] = value
+            else:
+                self.lrs.setdefault(name, []).append(value)
+        trainer.state.metrics.update_callback_metrics(stats)  # monitorable, as in Lightning (lr-SGD)
         for logger in _loggers(trainer):
             if hasattr(logger, "log_metrics"):
                 logger.log_metrics(dict(stats), step=trainer.global_step)

@@ -31,7 +31,9 @@ class ModelCheckpoint(Callback):
     """Write checkpoints during ``fit`` with :meth:`prec.Trainer.save_checkpoint` (atomic, rank zero only).
 
     Args:
-        dirpath: the folder; ``None`` uses ``{default_root_dir}/checkpoints``.
+        dirpath: the folder; ``None`` uses ``checkpoints`` in the first logger's version folder
+            (``{default_root_dir}/prec_logs/version_N/checkpoints`` with the default logger, as in Lightning),
+            or ``{default_root_dir}/checkpoints`` without a logger.
         filename: a pattern; ``{epoch}``, ``{step}`` and ``{metric}`` (with an optional format such as
             ``{val_loss:.3f}``) become ``epoch=3``, ``val_loss=0.123``. ``.ckpt`` is appended.
         monitor: the logged metric that ranks checkpoints; ``None`` keeps the most recent ones.
@@ -42,6 +44,8 @@ class ModelCheckpoint(Callback):
         every_n_epochs: save after every N-th epoch (default 1; ``None`` or ``0``: never at epoch end).
         save_last: also write ``last.ckpt`` on every save.
     """
+
+    is_monitoring_callback = True  # runs after the module's on_train_epoch_end
 
     def __init__(
         self,
@@ -83,8 +87,10 @@ class ModelCheckpoint(Callback):
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def setup(self, trainer: TrainerView, module: TrainingModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = trainer.default_root_dir / "checkpoints"
+        if self.dirpath is None:  # Lightning's default: the first logger's version folder, so runs never mix
+            log_dir = getattr(trainer.logger, "log_dir", None)
+            where = Path(log_dir) if log_dir is not None else trainer.default_root_dir
+            self.dirpath = Path(trainer.strategy.broadcast(str(where / "checkpoints")))  # rank zero's version
 
     def on_train_batch_end(
         self, trainer: TrainerView, module: TrainingModule, outputs: StepOutput, batch: Any, batch_idx: int

@@ -106,7 +106,7 @@ class TQDMProgressBar(ProgressBarCallback):
     @override
     def on_validation_end(self, trainer: TrainerView, module: TrainingModule) -> None:
         self._close_eval()
-        if trainer.state.stage == "validate" and trainer.is_global_zero:
+        if trainer.state.stage == "validate" and trainer.is_global_zero and trainer.state.verbose:
             self.print_results("validate", _floats(trainer.callback_metrics))
 
     @override
@@ -128,7 +128,7 @@ class TQDMProgressBar(ProgressBarCallback):
     @override
     def on_test_end(self, trainer: TrainerView, module: TrainingModule) -> None:
         self._close_eval()
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and trainer.state.verbose:
             self.print_results("test", _floats(trainer.callback_metrics))
 
     @override

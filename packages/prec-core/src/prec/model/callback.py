@@ -8,7 +8,7 @@ run can refuse them instead of ignoring them silently.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 class Callback:
     """Override the hooks you need; the Trainer calls only overridden ones, before the module's own hook."""
+
+    #: A callback that decides on logged metrics (early stopping, checkpointing): as Lightning's "monitoring
+    #: callbacks", its ``on_train_epoch_end`` runs after the module's, so a metric the module logs there is seen.
+    is_monitoring_callback: ClassVar[bool] = False
 
     # -- a run's frame ----------------------------------------------------------------------------------------
     def setup(self, trainer: TrainerView, module: TrainingModule, stage: str) -> None:

@@ -100,8 +100,8 @@ class DataModule(HyperparametersMixin):
 
 def overrides(obj: Any, method: str) -> bool:
     """Whether ``obj`` implements ``method`` itself (not the DataModule/TrainingModule default)."""
-    if method in getattr(obj, "__dict__", {}):  # set on the instance (from_datasets)
-        return True
+    if method in getattr(obj, "__dict__", {}):  # set on the instance (from_datasets); None: not overridden
+        return obj.__dict__[method] is not None
     implementation = getattr(type(obj), method, None)
     if implementation is None:
         return False

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.model.hparams import HyperparametersMixin
@@ -156,6 +157,15 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
 
         return load_from_checkpoint(cls, checkpoint_path, strict=strict, **overrides)
 
+    # -- copies -----------------------------------------------------------------------------------------------
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy(model)`` (an EMA or best-so-far copy) and pickling leave the Trainer out, as
+        Lightning's do: the copy is a plain module, attached to no run."""
+        state = dict(self.__dict__)
+        state.pop("_prec_trainer", None)
+        return state
+
     # -- trainer access -------------------------------------------------------------------------------------
     @property
     def trainer(self) -> TrainerView:
@@ -236,14 +246,14 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
     def log(
         self,
         name: str,
-        value: Tensor | float | int,
+        value: Any,
         *,
         prog_bar: bool = False,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
         logger: bool = True,
         sync_dist: bool | None = None,
-        reduce_fx: str = "mean",
+        reduce_fx: str | Callable[..., Any] = "mean",
         batch_size: int | None = None,
         **unsupported: Any,
     ) -> None:
@@ -251,8 +261,10 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         progress bar. In training steps ``on_step`` defaults to True and ``on_epoch`` to False; in evaluation
         the other way round; with both, the names get ``_step``/``_epoch`` suffixes (as in Lightning).
 
-        The epoch value reduces the epoch's values with ``reduce_fx`` (``"mean"``, ``"sum"``, ``"max"``,
-        ``"min"``); the mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
+        The epoch value reduces the epoch's values with ``reduce_fx`` (``"mean"``/``"avg"``, ``"sum"``, ``"max"``,
+        ``"min"`` in any case, or ``torch.mean``, ``torch.sum``/``sum``, ``torch.max``/``max``,
+        ``torch.min``/``min``); a ``torchmetrics.Metric`` ``value`` is computed and reset at the epoch's end, as in
+        Lightning. The mean is weighted by ``batch_size`` (default: inferred from the batch). Under several
         processes epoch values are reduced across ranks at the epoch's end (``sync_dist=False``: kept per rank);
         ``sync_dist=True`` also reduces each step value, a collective per call. Otherwise this costs a
         dictionary write: nothing is synchronised with the device here. Lightning's other arguments are a
@@ -280,11 +292,17 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
         return schedulers[0] if len(schedulers) == 1 else schedulers
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward through the precision (scaled under a grad scaler). Use instead of ``loss.backward()``: under
-        ddp/fsdp the strategy prepares gradient synchronisation for it first (see :meth:`no_backward_sync`)."""
+        """Backward through the precision (scaled under a grad scaler), between the ``on_before_backward`` and
+        ``on_after_backward`` hooks. Use instead of ``loss.backward()``: under ddp/fsdp the strategy prepares
+        gradient synchronisation for it first (see :meth:`no_backward_sync`)."""
         trainer = self.trainer
+        hooks = trainer.state.hooks
         loss = trainer.strategy.pre_backward(loss, trainer.state.wrapped_model)
+        for hook in hooks.get("on_before_backward", ()):  # Lightning's order, as under automatic optimization
+            hook(loss)
         trainer.precision_plugin.backward(loss, trainer.model, *args, **kwargs)
+        for hook in hooks.get("on_after_backward", ()):
+            hook()
 
     @contextlib.contextmanager
     def no_backward_sync(self, enabled: bool = True) -> Iterator[None]:
@@ -317,8 +335,8 @@ LOG_ARGUMENTS_LEFT_OUT: Mapping[str, str] = {
     "enable_graph": "prec logs values without their autograd graph; keep the tensor yourself if you need it.",
     "add_dataloader_idx": "prec does not suffix names by loader; put the index in the name yourself, e.g."
     " self.log(f'val_loss/{dataloader_idx}', loss).",
-    "metric_attribute": "prec logs numbers and tensors, not torchmetrics objects; log metric.compute() at the"
-    " epoch's end (or the metric's forward value per step).",
+    "metric_attribute": "prec logs a torchmetrics.Metric passed as the value by itself (computed and reset at the"
+    " epoch's end); drop metric_attribute.",
 }
 
 

@@ -109,6 +109,8 @@ def build_checkpoint(trainer: TrainerView, model: TrainingModule, *, weights: bo
         "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         "precision_state": precision.state_dict(),
         "loops": trainer.state.loop_state(),
+        "epoch": trainer.current_epoch,  # Lightning's top-level counters, for code that reads them (read: loops)
+        "global_step": trainer.global_step,
         "rng": capture_rng(),
         "callbacks": {callback.state_key: callback.state_dict() for callback in trainer.callbacks},
     }

@@ -151,11 +151,12 @@ class TrainingEpoch:
             else:
                 with forward_context():
                     output = step(batch, batch_idx)
-            stepped = manual  # manual optimization: each training_step is one step of the loop
-            if manual:
+            if manual:  # global_step counts the user's opt.step() calls (ManualOptimizer), as in Lightning
                 precision.update_scaler()  # once per training_step, after the user's opt.step() calls
+                stepped = bool(state.manual_stepped)
                 state.manual_stepped.clear()
             else:
+                stepped = False
                 loss = output if type(output) is Tensor else extract_loss(output)
                 if loss is None:
                     self._warn_none()
@@ -183,26 +184,28 @@ class TrainingEpoch:
                     stepped = True
             state.batches_seen = batch_idx + 1
             if append_row is not None and metrics.pending:
-                if (state.global_step + 1) % log_every == 0:
-                    append_row((state.global_step, epoch, metrics.take_pending()))
+                if (state.batches_that_stepped + 1) % log_every == 0:
+                    append_row((state.batches_that_stepped, epoch, metrics.take_pending()))
                 else:
                     metrics.pending = {}
+            if boundary:  # Lightning's logging step: once per window, however many optimizers stepped
+                state.batches_that_stepped += 1
             # global_step counts optimizer steps: a window whose training_steps all returned None is no step,
             # and must not consult a stale "skipped" flag for the LR schedulers.
             if boundary and stepped:
-                state.global_step += 1
+                if not manual:
+                    state.global_step += 1
                 if has_step_schedulers:
                     step_schedulers(trainer, "step")
-                if flush_every and state.global_step % flush_every == 0:
+                if flush_every and state.batches_that_stepped % flush_every == 0:
                     flush_logs(trainer, True)
             if last and has_epoch_schedulers:  # Lightning's order: before the last batch's end hooks
                 step_schedulers(trainer, "epoch", monitored=False)
                 self.epoch_schedulers_stepped = True
-            if batch_end:
-                call(batch_end, output, batch, batch_idx)
+            if batch_end:  # Lightning's outputs: {"loss": detached loss, **extra} under automatic optimization
+                call(batch_end, output if manual else batch_outputs(output, loss), batch, batch_idx)
             if val_every and (batch_idx + 1) % val_every == 0 and batch_idx + 1 < total:
                 validate()  # type: ignore[misc]
-                model.train()
                 metrics.training = True
             if max_steps != -1 and state.global_step >= max_steps:
                 self.stopped_early = batch_idx + 1 < total
@@ -277,6 +280,16 @@ class TrainingEpoch:
                 " (warned once per fit).",
                 PrecWarning,
             )
+
+
+def batch_outputs(output: Any, loss: Tensor | None) -> dict[str, Any]:
+    """What ``on_train_batch_end`` receives under automatic optimization, as in Lightning: ``{"loss": loss}`` (the
+    accumulation-divided loss, detached) with the other keys ``training_step`` returned; ``{}`` for a skipped
+    batch."""
+    if loss is None:
+        return {}
+    extra = {key: value for key, value in output.items() if key != "loss"} if isinstance(output, Mapping) else {}
+    return {"loss": loss.detach(), **extra}
 
 
 def _val_interval(interval: int | float | None, total: float) -> int:

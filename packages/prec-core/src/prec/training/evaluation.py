@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prec.model.steps import step_caller
+from prec.training.checkpointing import capture_rng, restore_rng
 from prec.training.hook_calls import batch_transfer, call, hook_callers, limit_batches
 from prec.training.logging import log_results
 
@@ -64,6 +65,7 @@ def evaluate(
         trainer.num_val_batches = limit
     else:
         trainer.num_test_batches = limit
+    modes = module_modes(model)
     model.eval()
     try:
         call(start)
@@ -88,6 +90,7 @@ def evaluate(
             log_results(trainer, results)
         call(end)
     finally:
+        restore_module_modes(model, modes)
         metrics.training = was_training
         metrics.end_evaluation(saved)
     return {name: float(value) for name, value in results.items()}
@@ -100,6 +103,7 @@ def sanity_check(trainer: TrainerView, model: TrainingModule, loader: Iterable[A
     count = trainer.num_sanity_val_steps
     limit = limit_batches(trainer.limit_val_batches, loader)
     limit = limit if count == -1 else min(limit, count)
+    rng = capture_rng()  # as Lightning: the check draws no number the training run would have drawn
     call(hook_callers(trainer, model, "on_sanity_check_start"))
     state.sanity_checking = True
     try:
@@ -107,6 +111,7 @@ def sanity_check(trainer: TrainerView, model: TrainingModule, loader: Iterable[A
     finally:
         state.sanity_checking = False
         state.metrics.reset()
+        restore_rng(rng)
     call(hook_callers(trainer, model, "on_sanity_check_end"))
 
 
@@ -123,6 +128,7 @@ def run_predict(trainer: TrainerView, model: TrainingModule, loader: Iterable[An
     limit = limit_batches(trainer.limit_predict_batches, loader)
     trainer.num_predict_batches = limit
     outputs: list[Any] = []
+    modes = module_modes(model)
     model.eval()
     call(hooks["start"])
     call(hooks["epoch_start"])
@@ -140,4 +146,17 @@ def run_predict(trainer: TrainerView, model: TrainingModule, loader: Iterable[An
                 call(hooks["batch_end"], output, batch, batch_idx)
     call(hooks["epoch_end"])
     call(hooks["end"])
+    restore_module_modes(model, modes)
     return outputs
+
+
+def module_modes(model: torch.nn.Module) -> dict[str, bool]:
+    """Each submodule's ``training`` flag, so evaluation gives a frozen backbone back in ``eval()`` (Lightning's
+    ``_ModuleMode``) instead of putting every submodule in train mode."""
+    return {name: module.training for name, module in model.named_modules()}
+
+
+def restore_module_modes(model: torch.nn.Module, modes: dict[str, bool]) -> None:
+    for name, module in model.named_modules():
+        if name in modes:
+            module.training = modes[name]

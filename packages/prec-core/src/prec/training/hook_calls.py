@@ -28,7 +28,7 @@ CALLED_CALLBACK_HOOKS = frozenset(
 UNCALLED_MODULE_HOOKS: dict[str, str] = {
     "backward": "prec runs backward through the precision (loss scaling); use on_before_backward/on_after_backward",
     "on_validation_model_eval": "prec puts the model in eval mode itself; use on_validation_start",
-    "on_validation_model_train": "prec puts the model back in train mode itself; use on_validation_end",
+    "on_validation_model_train": "prec gives each submodule its own mode back itself; use on_validation_end",
     "on_validation_model_zero_grad": "prec does not zero gradients around validation",
     "on_test_model_eval": "prec puts the model in eval mode itself; use on_test_start",
     "on_test_model_train": "use on_test_end",
@@ -40,17 +40,32 @@ UNCALLED_MODULE_HOOKS: dict[str, str] = {
 
 def hook_callers(trainer: TrainerView, model: TrainingModule, name: str) -> list[Callable[..., Any]]:
     """Bound hook calls for ``name``: overridden callback hooks first, then the module's, if overridden."""
-    from prec.model.module import TrainingModule
 
     base = getattr(Callback, name, None)
-    callers: list[Callable[..., Any]] = [
-        partial(getattr(callback, name), trainer, model)
-        for callback in trainer.callbacks
-        if base is not None and getattr(type(callback), name) is not base
-    ]
-    if getattr(type(model), name, None) is not getattr(TrainingModule, name, None):
-        callers.append(getattr(model, name))
+    callbacks = [c for c in trainer.callbacks if base is not None and getattr(type(c), name) is not base]
+    after_module = []
+    if name == "on_train_epoch_end":  # Lightning's order: monitoring callbacks see what the module logged there
+        after_module = [c for c in callbacks if c.is_monitoring_callback]
+        callbacks = [c for c in callbacks if not c.is_monitoring_callback]
+    callers: list[Callable[..., Any]] = [partial(getattr(c, name), trainer, model) for c in callbacks]
+    own = module_override(model, name)
+    if own is not None:
+        callers.append(own)
+    callers += [partial(getattr(c, name), trainer, model) for c in after_module]
     return callers
+
+
+def module_override(model: TrainingModule, name: str) -> Callable[..., Any] | None:
+    """``model``'s own ``name``, bound, or ``None`` when it keeps TrainingModule's: as in Lightning, a function
+    assigned on the instance (``model.on_train_epoch_end = fn``) is an override and ``None`` assigned there
+    (``model.validation_step = None``) means "not overridden"."""
+    from prec.model.module import TrainingModule
+
+    if name in model.__dict__:
+        return model.__dict__[name]  # type: ignore[no-any-return]
+    if getattr(type(model), name, None) is getattr(TrainingModule, name, None):
+        return None
+    return getattr(model, name)  # type: ignore[no-any-return]
 
 
 def call(callers: list[Callable[..., Any]], *args: Any) -> None:
@@ -60,11 +75,7 @@ def call(callers: list[Callable[..., Any]], *args: Any) -> None:
 
 def overridden(model: TrainingModule, name: str) -> Callable[..., Any] | None:
     """``model``'s own override of a TrainingModule method, bound, or ``None`` when it keeps the default."""
-    from prec.model.module import TrainingModule
-
-    if getattr(type(model), name) is getattr(TrainingModule, name):
-        return None
-    return getattr(model, name)
+    return module_override(model, name)
 
 
 def refuse_uncalled_overrides(trainer: TrainerView, model: TrainingModule) -> None:

@@ -31,7 +31,9 @@ def flush_logs(trainer: TrainerView, training: bool) -> None:
     if sink is None:
         return
     if trainer.state.metrics.pending and trainer.strategy.is_global_zero:
-        sink.log_row(trainer.state.metrics.take_pending(), max(trainer.global_step - 1, 0), trainer.current_epoch)
+        sink.log_row(
+            trainer.state.metrics.take_pending(), max(trainer.state.batches_that_stepped - 1, 0), trainer.current_epoch
+        )
     sink.flush()
 
 
@@ -41,7 +43,7 @@ def log_results(trainer: TrainerView, results: dict[str, Any]) -> None:
     if sink is not None and trainer.strategy.is_global_zero:
         row = {**trainer.state.metrics.take_pending(), **results}
         if row:
-            sink.log_row(row, max(trainer.global_step - 1, 0), trainer.current_epoch)
+            sink.log_row(row, max(trainer.state.batches_that_stepped - 1, 0), trainer.current_epoch)
 
 
 def finalize_logs(trainer: TrainerView, status: str) -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prec.errors import ConfigurationError
+from prec._warnings import warn
+from prec.errors import ConfigurationError, PrecWarning
 from prec.model.module import TrainingModule
 from prec.training.checkpointing import load_checkpoint
 from prec.training.epoch import FIT_HOOKS, TrainingEpoch, may_stop
@@ -48,18 +49,29 @@ def run_fit(
         trainer.precision_plugin.setup_optimizer(optimizer)
     state.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
     state.lr_scheduler_configs = schedulers
+    if model.__dict__.get("validation_step", ...) is None:
+        val_loader = None  # ``model.validation_step = None``: validation is off, as in Lightning
     train_loader = trainer.strategy.setup_dataloader(train_loader)
     if val_loader is not None:
         val_loader = trainer.strategy.setup_dataloader(val_loader)
     state.train_batches = limit_batches(trainer.limit_train_batches, train_loader)
     trainer.num_training_batches = state.train_batches
+    if trainer.log_sink is not None and trainer.is_global_zero and state.train_batches < trainer.log_every_n_steps:
+        warn(
+            f"the training loader has {state.train_batches} batches, fewer than Trainer(log_every_n_steps="
+            f"{trainer.log_every_n_steps}): no step metrics are written in the first epoch. Pass a lower"
+            " log_every_n_steps to see them.",
+            PrecWarning,
+        )
     if state.ckpt_path is not None:
         load_checkpoint(trainer, model, state.ckpt_path, "fit")
 
     hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
+    state.hooks = hooks
     announce(trainer)
     if trainer.enable_model_summary and trainer.is_global_zero:
         _show_summary(trainer, model)
+    _warn_if_modules_in_eval_mode(model)
     call(hooks["on_fit_start"])
     validate = None
     if val_loader is not None:
@@ -70,15 +82,13 @@ def run_fit(
     loop = TrainingEpoch(trainer, model, hooks)
     metrics = state.metrics
     while not _done(trainer):
-        model.train()
         metrics.training = True
         call(hooks["on_train_epoch_start"])
         loop.run(train_loader, validate)
         if loop.stopped_early:  # max_steps reached mid-epoch: no validation, no epoch hooks
             break
         if validate is not None and (state.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
-            validate()
-            model.train()
+            validate()  # gives each submodule its own mode back
         metrics.training = True
         results = metrics.end_epoch()  # on_train_epoch_end sees the epoch means
         call(hooks["on_train_epoch_end"])
@@ -107,6 +117,19 @@ def _show_summary(trainer: TrainerView, model: TrainingModule) -> None:
         print(text, file=sys.stderr)
     else:
         logging.getLogger("prec").info("%s", text)
+
+
+def _warn_if_modules_in_eval_mode(model: TrainingModule) -> None:
+    """As Lightning: fit leaves each submodule's mode as the user set it (a frozen backbone stays in ``eval()``),
+    and says so, since a module left in eval mode by mistake trains without dropout or batch statistics."""
+    in_eval = [name or type(model).__name__ for name, module in model.named_modules() if not module.training]
+    if in_eval:
+        warn(
+            f"{len(in_eval)} module(s) are in eval mode at the start of training ({', '.join(in_eval[:5])}"
+            f"{' …' if len(in_eval) > 5 else ''}): fit keeps each module's mode as it is. If this is intended"
+            " (a frozen part), ignore this warning; otherwise call model.train() before fit().",
+            PrecWarning,
+        )
 
 
 def _done(trainer: TrainerView) -> bool:

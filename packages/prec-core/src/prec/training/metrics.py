@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 _Value = Tensor | float
 REDUCE_FX = ("mean", "sum", "max", "min")
+#: Lightning's accepted ``reduce_fx`` values (strings in any case, ``"avg"``, torch's and Python's functions).
 _FX_ALIASES: dict[Any, str] = {
-    "mean": "mean", "sum": "sum", "max": "max", "min": "min",
-    torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min",
+    "mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min",
+    torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min", sum: "sum", max: "max", min: "min",
 }  # fmt: skip
 
 
@@ -53,8 +54,12 @@ class MetricStore:
         self.step_values: dict[str, _Value] = {}
         self.epoch_values: dict[str, list[_Value]] = {}
         self.epoch_weights: dict[str, list[int]] = {}
-        #: name -> (reduce_fx, sync_dist, epoch key)
-        self.epoch_meta: dict[str, tuple[str, bool | None, str]] = {}
+        #: name -> (reduce_fx, sync_dist, epoch key, logger)
+        self.epoch_meta: dict[str, tuple[str, bool | None, str, bool]] = {}
+        #: ``torchmetrics.Metric`` objects logged this epoch: computed (if logged on_epoch) and reset at its end.
+        self.metric_objects: dict[str, Any] = {}
+        #: Everything handed to the loggers (``trainer.logged_metrics``), with the ``_step``/``_epoch`` names.
+        self.logged: dict[str, _Value] = {}
         self.epoch_results: dict[str, Tensor] = {}
         self.prog_bar: set[str] = set()
         self.pending: dict[str, _Value] = {}
@@ -79,13 +84,17 @@ class MetricStore:
             value = value.detach()
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
+        elif is_metric_object(value):
+            self._log_metric_object(name, value, prog_bar, on_step, on_epoch, logger)
+            return
         else:
-            raise TypeError(f"self.log({name!r}, ...) takes a number or a scalar tensor, not {type(value).__name__}.")
-        fx = _FX_ALIASES.get(reduce_fx) if reduce_fx.__hash__ is not None else None
-        if fx is None:
-            raise ConfigurationError(
-                f"self.log({name!r}, reduce_fx={reduce_fx!r}): reduce_fx must be one of {', '.join(REDUCE_FX)}."
+            raise TypeError(
+                f"self.log({name!r}, ...) takes a number, a scalar tensor or a torchmetrics.Metric, not"
+                f" {type(value).__name__}."
             )
+        fx = _FX_ALIASES.get(reduce_fx) if reduce_fx.__hash__ is not None else None  # one lookup per call
+        if fx is None:
+            fx = reduce_fx_name(name, reduce_fx)
         training = self.training
         step = on_step if on_step is not None else training
         epoch = on_epoch if on_epoch is not None else not training
@@ -95,14 +104,15 @@ class MetricStore:
         if step:
             if sync_dist and self.strategy is not None and self.strategy.world_size > 1:
                 value = self.strategy.reduce(_on_device(value, self.strategy), fx)  # asked for: once per call
-            self.step_values[step_key] = value
-            if step_key is not name:
-                self.step_values[name] = value
-                self.epoch_results.pop(name, None)  # the plain name is this epoch's step value again, not the last mean
+            if training:  # as Lightning: evaluation step values go to the loggers, not to callback_metrics
+                self.step_values[step_key] = value
+                if step_key is not name:
+                    self.step_values[name] = value
+                    self.epoch_results.pop(name, None)  # the plain name is this epoch's step value again
+                if prog_bar:
+                    self.prog_bar.add(step_key)
             if logger:
                 self.pending[step_key] = value
-            if prog_bar:
-                self.prog_bar.add(step_key)
         if epoch:
             values = self.epoch_values.get(name)
             if values is None:
@@ -111,9 +121,28 @@ class MetricStore:
             values.append(value)
             if fx == "mean":
                 self.epoch_weights[name].append(batch_size if batch_size is not None else self._batch_size())
-            self.epoch_meta[name] = (fx, sync_dist, epoch_key)
+            self.epoch_meta[name] = (fx, sync_dist, epoch_key, logger)
             if prog_bar:
                 self.prog_bar.add(epoch_key)
+
+    def _log_metric_object(
+        self, name: str, metric: Any, prog_bar: bool, on_step: bool | None, on_epoch: bool | None, logger: bool
+    ) -> None:
+        """A ``torchmetrics.Metric``, as Lightning logs one: the value of its last forward call as the step value;
+        ``compute()`` at the epoch's end (then ``reset()``) as the epoch value. The metric synchronises itself
+        across ranks."""
+        training = self.training
+        step = on_step if on_step is not None else training
+        epoch = on_epoch if on_epoch is not None else not training
+        self.metric_objects[name] = metric
+        if step:
+            cached = getattr(metric, "_forward_cache", None)
+            if isinstance(cached, Tensor) and cached.numel() == 1:
+                self.log(f"{name}_step" if epoch else name, cached, prog_bar, True, False, logger)
+        if epoch:
+            self.epoch_meta[name] = ("metric", False, f"{name}_epoch" if step else name, logger)
+            if prog_bar:
+                self.prog_bar.add(self.epoch_meta[name][2])
 
     def _batch_size(self) -> int:
         batch = self.current_batch
@@ -127,7 +156,17 @@ class MetricStore:
         """The values logged since the last call (for one metrics-file row), and start a new row."""
         pending = self.pending
         self.pending = {}
+        self.logged.update(pending)
         return pending
+
+    def update_callback_metrics(self, values: Mapping[str, float]) -> None:
+        """Values a callback publishes for other callbacks to monitor (LearningRateMonitor's ``lr-SGD``): in
+        ``callback_metrics``, not written to the loggers again."""
+        self.step_values.update(values)
+
+    def logged_metrics(self) -> dict[str, Tensor]:
+        """What was handed to the loggers (Lightning's ``trainer.logged_metrics``)."""
+        return {name: _as_tensor(value) for name, value in self.logged.items()}
 
     def record(self, values: dict[str, float], prog_bar: bool = False) -> None:
         """Log numbers the Trainer itself produces (the precision's loss scale and skipped steps)."""
@@ -145,26 +184,33 @@ class MetricStore:
         if strategy is not None and strategy.world_size > 1:
             weights = {name: float(sum(self.epoch_weights[name]) or len(self.epoch_values[name])) for name in local}
             local = _reduce_across_ranks(local, weights, self.epoch_meta, strategy)
+        for name, metric in self.metric_objects.items():
+            if name in self.epoch_meta:
+                local[name] = _as_tensor(metric.compute()).reshape(())
+            metric.reset()
         results: dict[str, Tensor] = {}
         for name, value in local.items():
-            epoch_key = self.epoch_meta[name][2]
+            _, _, epoch_key, logged = self.epoch_meta[name]
             results[epoch_key] = value
             self.epoch_results[epoch_key] = value
             if epoch_key != name:
                 self.epoch_results[name] = value
+            if logged:
+                self.logged[epoch_key] = value
         self.epoch_values = {}
         self.epoch_weights = {}
         self.epoch_meta = {}
+        self.metric_objects = {}
         return results
 
     def begin_evaluation(self) -> tuple[Any, ...]:
         """Set the training epoch's values aside, so a validation run averages only its own."""
-        saved = (self.epoch_values, self.epoch_weights, self.epoch_meta)
-        self.epoch_values, self.epoch_weights, self.epoch_meta = {}, {}, {}
+        saved = (self.epoch_values, self.epoch_weights, self.epoch_meta, self.metric_objects)
+        self.epoch_values, self.epoch_weights, self.epoch_meta, self.metric_objects = {}, {}, {}, {}
         return saved
 
     def end_evaluation(self, saved: tuple[Any, ...]) -> None:
-        self.epoch_values, self.epoch_weights, self.epoch_meta = saved
+        self.epoch_values, self.epoch_weights, self.epoch_meta, self.metric_objects = saved
 
     def callback_metrics(self) -> dict[str, Tensor]:
         metrics = {name: _as_tensor(value) for name, value in self.step_values.items()}
@@ -177,6 +223,30 @@ class MetricStore:
 
     def reset(self) -> None:
         self.__init__(self.strategy)  # type: ignore[misc]
+
+
+def reduce_fx_name(name: str, reduce_fx: Any) -> str:
+    """``reduce_fx`` as one of :data:`REDUCE_FX`; anything else is a ConfigurationError naming what is accepted."""
+    if isinstance(reduce_fx, str):
+        fx = _FX_ALIASES.get(reduce_fx.lower())
+    else:
+        fx = _FX_ALIASES.get(reduce_fx) if reduce_fx.__hash__ is not None else None
+    if fx is None:
+        raise ConfigurationError(
+            f"self.log({name!r}, reduce_fx={reduce_fx!r}): reduce_fx must be one of {', '.join(REDUCE_FX)} (in any"
+            " case, or 'avg'), or torch.mean, torch.sum/sum, torch.max/max, torch.min/min; for another reduction,"
+            " log a torchmetrics.Metric."
+        )
+    return fx
+
+
+def is_metric_object(value: Any) -> bool:
+    """A ``torchmetrics.Metric`` (recognised by its interface, so torchmetrics stays optional)."""
+    return (
+        callable(getattr(value, "compute", None))
+        and callable(getattr(value, "update", None))
+        and callable(getattr(value, "reset", None))
+    )
 
 
 def infer_batch_size(batch: Any) -> int:
@@ -213,7 +283,7 @@ def _reduce_locally(values: list[_Value], weights: list[int], fx: str) -> Tensor
 def _reduce_across_ranks(
     local: dict[str, Tensor],
     weight_of: dict[str, float],
-    meta: dict[str, tuple[str, bool | None, str]],
+    meta: dict[str, tuple[str, bool | None, str, bool]],
     strategy: Strategy,
 ) -> dict[str, Tensor]:
     """Reduce the values not logged with ``sync_dist=False`` over the ranks: one collective to agree on the

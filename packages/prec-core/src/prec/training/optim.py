@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -167,6 +168,20 @@ class StepOptimizer:
         return getattr(self.optimizer, name)
 
 
+def _before_optimizer_step(precision: Any, optimizer: Any, hooks: list[Callable[..., Any]]) -> None:
+    precision.unscale_gradients(optimizer)  # hooks see true gradients, not scaled ones
+    for hook in hooks:
+        hook(optimizer)
+
+
+def _closure_then_hooks(
+    closure: Callable[[], Any], precision: Any, optimizer: Any, hooks: list[Callable[..., Any]]
+) -> Any:
+    result = closure()
+    _before_optimizer_step(precision, optimizer, hooks)
+    return result
+
+
 class ManualOptimizer:
     """Wraps an optimizer for manual optimization: ``step()`` goes through the precision (grad scaler)."""
 
@@ -178,13 +193,22 @@ class ManualOptimizer:
         """One grad-scaler step per call; the scale is updated once after ``training_step`` (or before a second
         step of the same optimizer within it, which the scaler cannot take without an update)."""
         trainer = self._trainer
+        state = trainer.state
         precision = trainer.precision_plugin
-        stepped = trainer.state.manual_stepped
+        stepped = state.manual_stepped
         if id(self.optimizer) in stepped:
             precision.update_scaler()
             stepped.clear()
         stepped.add(id(self.optimizer))
-        return precision.optimizer_step(self.optimizer, closure, update=False, **kwargs)
+        before_step = state.hooks.get("on_before_optimizer_step")
+        if before_step:  # Lightning's order: the closure (backward), then the hook on true gradients, then step
+            if closure is not None:
+                closure = partial(_closure_then_hooks, closure, precision, self.optimizer, before_step)
+            else:
+                _before_optimizer_step(precision, self.optimizer, before_step)
+        result = precision.optimizer_step(self.optimizer, closure, update=False, **kwargs)
+        state.global_step += 1  # an optimizer step, as Lightning counts it under manual optimization
+        return result
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

@@ -62,7 +62,7 @@ def teardown_run(trainer: TrainerView, model: TrainingModule, stage: str, data: 
             step()
         except Exception as error:  # noqa: BLE001 - finish tearing down, then report
             errors.append(error)
-    trainer.state.finish()
+    trainer.state.finish(interrupted=failed or bool(errors))
     if errors:
         raise errors[0]
 

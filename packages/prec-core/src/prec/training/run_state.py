@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +39,18 @@ class RunState:
     def __init__(self) -> None:
         #: ``"initializing"``, then ``"fit"``/``"validate"``/``"test"``/``"predict"`` while running, ``"finished"``.
         self.stage = "initializing"
-        #: Optimizer steps taken (what ``max_steps`` counts).
+        #: Lightning's ``TrainerStatus`` values: ``"initializing"``, ``"running"``, ``"finished"``, ``"interrupted"``
+        #: (the last run raised, Ctrl-C included).
+        self.status = "initializing"
+        #: Whether the last run ran to its end (``trainer.state.finished``, as in Lightning).
+        self.finished = False
+        #: ``validate``/``test``'s ``verbose``: whether the results table is shown at the end.
+        self.verbose = True
+        #: Optimizer steps taken (what ``max_steps`` counts; under manual optimization each ``opt.step()``).
         self.global_step = 0
+        #: Training batches that ended an optimizer-step window: the step metrics rows are written at (Lightning's
+        #: ``_batches_that_stepped``: once per batch however many optimizers stepped).
+        self.batches_that_stepped = 0
         self.current_epoch = 0
         #: Batches of the current epoch already trained on (a checkpoint resumes after them).
         self.batches_seen = 0
@@ -59,6 +69,9 @@ class RunState:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[LRSchedulerConfig] = []
         self.metrics = MetricStore()
+        #: The bound callers of each fit hook of the current fit (callbacks' first, then the module's): what
+        #: ``manual_backward`` and a manual ``opt.step()`` call, as the loop does under automatic optimization.
+        self.hooks: dict[str, list[Callable[..., Any]]] = {}
         #: ``id()`` of the optimizers stepped in the current manual-optimization ``training_step``.
         self.manual_stepped: set[int] = set()
         #: Training batches per epoch of the current fit (``limit_train_batches`` applied; ``inf`` if unsized).
@@ -69,14 +82,19 @@ class RunState:
     # -- a run's life ---------------------------------------------------------------------------------------
     def start(self, stage: str, model: TrainingModule, ckpt_path: str | os.PathLike[str] | None) -> None:
         self.stage = stage
+        self.status = "running"
+        self.finished = False
         self.model = model
         self.ckpt_path = ckpt_path
         self.should_stop = False
         self.min_notice_given = False
+        self.hooks = {}
         self.metrics.training = stage == "fit"
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
         self.stage = "finished"
+        self.status = "interrupted" if interrupted else "finished"
+        self.finished = not interrupted
         self._resume = None  # a checkpoint's loop state applies to the run that loaded it only
 
     # -- checkpoints --------------------------------------------------------------------------------------------
@@ -85,6 +103,7 @@ class RunState:
         return {
             "epoch": self.current_epoch,
             "global_step": self.global_step,
+            "batches_that_stepped": self.batches_that_stepped,
             "batches_seen": self.batches_seen,
             "epoch_start_rng": self.epoch_start_rng,
         }
@@ -93,6 +112,7 @@ class RunState:
         """Take a checkpoint's counters; the next training epoch resumes after its ``batches_seen``."""
         self.current_epoch = int(loops.get("epoch", 0))
         self.global_step = int(loops.get("global_step", 0))
+        self.batches_that_stepped = int(loops.get("batches_that_stepped", self.global_step))
         self._resume = ResumePoint(int(loops.get("batches_seen", 0)), loops.get("epoch_start_rng"), rng)
 
     def take_resume_point(self) -> ResumePoint | None:
