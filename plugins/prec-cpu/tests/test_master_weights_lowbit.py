@@ -81,7 +81,8 @@ def _state_kinds(optimizer: torch.optim.Optimizer) -> list[tuple[str, str]]:
             if type(value) is not torch.Tensor:
                 kinds.append((key, type(value).__name__))
             else:
-                kinds.append((key, "floating" if value.is_floating_point() else str(value.dtype).removeprefix("torch.")))
+                kind = "floating" if value.is_floating_point() else str(value.dtype).removeprefix("torch.")
+                kinds.append((key, kind))
     return sorted(kinds)
 
 
