@@ -60,7 +60,7 @@ def test_one_buffer_per_chunk_equals_a_copy_per_tensor(kahan: bool) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
         entries = [(p, torch.zeros_like(p) if kahan else None) for p in model.parameters()]
         stepper = WorkingCopyStepper(optimizer, entries, torch.Generator().manual_seed(3))
-        stepper._packed = packed
+        stepper.packed = packed
         for _ in range(3):
             model(torch.randn(4, 6).bfloat16()).float().pow(2).mean().backward()
             stepper.step(None, {})

@@ -73,8 +73,8 @@ class WorkingCopyStepper:
         self.generator = generator
         self.chunk_elements = chunk_elements
         self._compensation = {id(param): compensation for param, compensation in entries}
-        # One buffer per chunk for plain tensors; a DTensor (FSDP2) keeps its layout, copied tensor by tensor.
-        self._packed = all(_is_plain(param) for param, _ in entries)
+        #: One buffer per chunk for plain tensors; a DTensor (FSDP2) keeps its layout, copied tensor by tensor.
+        self.packed = True
         self._noise = NoiseStream(generator)
 
     def step(self, closure: Callable[[], Any] | None, kwargs: dict[str, Any]) -> Any:
@@ -120,7 +120,7 @@ class WorkingCopyStepper:
             state = self.optimizer.state.get(param) or {}
             upcast = {k: v for k, v in state.items() if _is_elementwise(v, param) and v.dtype == param.dtype}
             copies.append(_Copy(param, param, bool(state), upcast))
-        if not self._packed:
+        if not (self.packed and all(type(p) in (Tensor, torch.nn.Parameter) for p in params)):
             for item in copies:
                 item.copy = self._copy_of(item)
             self._move_state(copies)
@@ -175,7 +175,7 @@ class WorkingCopyStepper:
     def _copy_out(self, buffer: Tensor | None, copies: list[_Copy]) -> None:
         """Write the new weights into the parameters and round the state back to bfloat16, in one pass."""
         kahan = [c for c in copies if self._compensation.get(id(c.param)) is not None]
-        if kahan and self._packed:
+        if kahan and buffer is not None:
             params, exacts = [c.param for c in kahan], [c.copy.detach() for c in kahan]
             torch._foreach_copy_(params, exacts)  # round to nearest
             torch._foreach_sub_(exacts, params)  # what it dropped, in place: the residual to keep
