@@ -179,7 +179,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"# bf16-true master weights: step cost (torch {result['torch']}, CPU, {result['threads']} thread)",
         "",
-        (__doc__ or "").split("Method: ", 1)[1].strip().replace("\n", " "),
+        "Method: " + (__doc__ or "").split("Method: ", 1)[1].strip().replace("\n", " "),
         "Bytes per parameter: weights + gradients + AdamW state + what the mode keeps beside them.",
         "",
     ]
