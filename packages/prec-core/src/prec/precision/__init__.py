@@ -2,7 +2,7 @@
 
 from prec.precision.base import Precision, apply_to_tensors, default_dtype
 from prec.precision.guard import NonFiniteGuard, NonFinitePolicy
-from prec.precision.master import MASTER_WEIGHT_MODES, MasterWeightsPrecision, stochastic_round
+from prec.precision.master import MASTER_WEIGHT_MODES, MasterWeights, MasterWeightsPrecision, stochastic_round
 from prec.precision.mixed import DEFAULT_MIN_SCALE, SCALER_OPTIONS, MixedPrecision
 from prec.precision.policy import NORM_TYPES, ModulePolicy, ModulePolicyMixin, fsdp_policy_groups
 from prec.precision.true import Float32Precision, TruePrecision
@@ -13,6 +13,7 @@ __all__ = [
     "NORM_TYPES",
     "SCALER_OPTIONS",
     "Float32Precision",
+    "MasterWeights",
     "MasterWeightsPrecision",
     "MixedPrecision",
     "ModulePolicy",

@@ -37,13 +37,11 @@ from typing_extensions import override
 from prec._warnings import warn
 from prec.cluster.dtensor import copy_into, local_tensor
 from prec.errors import ConfigurationError, PrecWarning
+from prec.precision.master_mode import MASTER_WEIGHT_MODES, MasterWeights
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
 
-__all__ = ["MASTER_WEIGHT_MODES", "ROUNDING_SEED", "MasterWeightsPrecision", "stochastic_round"]
-
-#: The values of the ``master_weights`` option (``None`` is plain 16-bit weights).
-MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
+__all__ = ["MASTER_WEIGHT_MODES", "ROUNDING_SEED", "MasterWeights", "MasterWeightsPrecision", "stochastic_round"]
 #: The seed of the stochastic rounding's own generator: the same on every rank whatever each rank's torch seed,
 #: so DDP replicas, which round the same values, draw the same noise and stay identical.
 ROUNDING_SEED = 0x5EED
@@ -57,6 +55,7 @@ class MasterWeightsPrecision(TruePrecision):
     ``param_groups`` then hold the float32 copies: gradient clipping, ``on_before_optimizer_step`` and the
     optimizer all see the float32 gradients it steps on (the model's 16-bit ``.grad`` hold the same values until
     the step consumes them). Call :meth:`sync_from_model` after changing the model's weights by hand.
+    ``master_weights`` is the parsed :class:`MasterWeights` (equal to its spelling).
     """
 
     def __init__(
@@ -64,24 +63,19 @@ class MasterWeightsPrecision(TruePrecision):
         name: str,
         dtype: torch.dtype,
         *,
-        master_weights: str = "fp32",
+        master_weights: str | MasterWeights = "fp32",
         device_type: str | None = None,
         convert_inputs_from: Iterable[torch.dtype] | None = None,
         keep_float32: Iterable[type[torch.nn.Module] | str] = (),
     ) -> None:
-        if master_weights not in MASTER_WEIGHT_MODES:
-            raise ConfigurationError(
-                f"{name}: master_weights={master_weights!r} is not valid; use None or one of {MASTER_WEIGHT_MODES}."
-            )
-        if master_weights != "fp32" and dtype != torch.bfloat16:
-            raise ConfigurationError(
-                f"{name}: master_weights={master_weights!r} needs bfloat16 weights (its unbiased rounding of weights"
-                " and optimizer state is bfloat16's); use master_weights='fp32'."
-            )
+        mode = MasterWeights.parse(master_weights, owner=name)
+        if mode is None:
+            raise ConfigurationError(f"{name}: master_weights=None is plain {name}; build it without the option.")
+        mode.check_dtype(dtype, owner=name)
         super().__init__(
             name, dtype, device_type=device_type, convert_inputs_from=convert_inputs_from, keep_float32=keep_float32
         )
-        self.master_weights = master_weights
+        self.master_weights: MasterWeights = mode
         self._optimizers: list[Optimizer] = []
         self._pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}  # fp32: (model parameter, float32 copy)
         self._buffers: dict[int, list[tuple[Tensor, Tensor | None]]] = {}  # kahan/stochastic: (param, compensation)
@@ -96,10 +90,10 @@ class MasterWeightsPrecision(TruePrecision):
         """Give the optimizer float32 copies (``"fp32"``) or create the compensation buffers; idempotent."""
         if id(optimizer) in self._pairs or id(optimizer) in self._buffers:
             return
-        if self.master_weights == "fp32":
+        if self.master_weights.keeps_float32_copy:
             self._pairs[id(optimizer)] = _install_masters(optimizer, self.param_dtype)
         else:
-            kahan = self.master_weights == "kahan"
+            kahan = self.master_weights.compensates
             entries = [
                 (p, torch.zeros_like(p) if kahan else None)
                 for group in optimizer.param_groups
@@ -167,7 +161,7 @@ class MasterWeightsPrecision(TruePrecision):
     @override
     def unscale_gradients(self, optimizer: Optimizer) -> None:
         """Hand the optimizer the gradients it steps on (float32 copies of the model's under ``"fp32"``)."""
-        if self.master_weights == "fp32":
+        if self.master_weights.keeps_float32_copy:
             self.setup_optimizer(optimizer)
             if id(optimizer) not in self._gathered:
                 _gather_gradients(self._pairs[id(optimizer)])
@@ -183,7 +177,7 @@ class MasterWeightsPrecision(TruePrecision):
         **kwargs: Any,
     ) -> Any:
         self.setup_optimizer(optimizer)
-        if self.master_weights == "fp32":
+        if self.master_weights.keeps_float32_copy:
             return self._step_masters(optimizer, closure, update, kwargs)
         return super().optimizer_step(optimizer, closure, update=update, **kwargs)
 
@@ -228,10 +222,10 @@ class MasterWeightsPrecision(TruePrecision):
         """The float32 copies or compensation buffers (per optimizer, in set-up order) and the rounding RNG."""
         if not self._optimizers and self._pending is not None:
             return dict(self._pending)  # loaded before any optimizer was set up: not applied yet
-        state: dict[str, Any] = {**super().state_dict(), "master_weights": self.master_weights}
-        if self.master_weights == "fp32":
+        state: dict[str, Any] = {**super().state_dict(), "master_weights": self.master_weights.value}
+        if self.master_weights.keeps_float32_copy:
             state["masters"] = [[m.detach() for _, m in self._pairs[id(o)]] for o in self._optimizers]
-        elif self.master_weights == "kahan":
+        elif self.master_weights.compensates:
             state["compensation"] = [[c for _, c in self._buffers[id(o)]] for o in self._optimizers]
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
@@ -244,31 +238,31 @@ class MasterWeightsPrecision(TruePrecision):
             self._pending = dict(state_dict)  # applied when the optimizer is set up
             return
         self.guard.load_state_dict(state_dict)  # the skip counters, kept in every mode
-        saved = state_dict.get("master_weights")
-        if saved == self.master_weights:
+        saved = MasterWeights.parse(state_dict.get("master_weights"), owner=f"{self.name} checkpoint")
+        if saved is self.master_weights:
             self._load_same_mode(state_dict)
             return
         self.sync_from_model()
-        if saved == "fp32" and self.master_weights == "kahan":
+        if saved is not None and saved.keeps_float32_copy and self.master_weights.compensates:
             _masters_to_compensation(state_dict["masters"], self._buffers, self._optimizers)
             how = "the compensation is rebuilt from the float32 copies"
-        elif saved == "kahan" and self.master_weights == "fp32":
+        elif saved is not None and saved.compensates and self.master_weights.keeps_float32_copy:
             _compensation_to_masters(state_dict["compensation"], self._pairs, self._optimizers)
             how = "the float32 copies are rebuilt from the weights plus the compensation"
         else:
             how = "it starts from the model's 16-bit weights"
         warn(
-            f"{self.name}: the precision state was saved with master_weights={saved!r}, this run uses"
-            f" master_weights={self.master_weights!r}: {how}.",
+            f"{self.name}: the precision state was saved with master_weights={saved and saved.value!r}, this run"
+            f" uses master_weights={self.master_weights.value!r}: {how}.",
             PrecWarning,
         )
 
     def _load_same_mode(self, state_dict: dict[str, Any]) -> None:
         if self._generator is not None and "generator" in state_dict:
             self._generator.set_state(state_dict["generator"])
-        if self.master_weights == "stochastic":
-            return
-        key = "masters" if self.master_weights == "fp32" else "compensation"
+        if not (self.master_weights.keeps_float32_copy or self.master_weights.compensates):
+            return  # nothing kept beside the weights
+        key = "masters" if self.master_weights.keeps_float32_copy else "compensation"
         targets = [
             [m for _, m in self._pairs[id(o)]] if key == "masters" else [c for _, c in self._buffers[id(o)]]
             for o in self._optimizers
@@ -288,7 +282,7 @@ class MasterWeightsPrecision(TruePrecision):
         self._gathered.clear()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, master_weights={self.master_weights!r})"
+        return f"{type(self).__name__}(name={self.name!r}, master_weights={self.master_weights.value!r})"
 
 
 def _install_masters(optimizer: Optimizer, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]]:

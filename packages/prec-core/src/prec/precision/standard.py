@@ -12,7 +12,7 @@ import torch
 
 from prec.options import Option, check_options
 from prec.precision.base import Precision
-from prec.precision.master import MASTER_WEIGHT_MODES, MasterWeightsPrecision
+from prec.precision.master import MasterWeights, MasterWeightsPrecision
 from prec.precision.mixed import SCALER_SETTINGS, MixedPrecision
 from prec.precision.policy import ModulePolicy, ModulePolicyMixin, check_keep_float32
 from prec.precision.true import Float32Precision, TruePrecision
@@ -47,8 +47,8 @@ CONVERT_INPUTS_FROM = Option(
 )
 MASTER_WEIGHTS = Option(
     "master_weights",
-    f"None (plain 16-bit weights) or one of {', '.join(map(repr, MASTER_WEIGHT_MODES))}",
-    lambda v: v is None or v in MASTER_WEIGHT_MODES,
+    f"None (plain 16-bit weights) or one of {', '.join(map(repr, MasterWeights.spellings()))}",
+    lambda v: v is None or isinstance(v, MasterWeights) or v in MasterWeights.spellings(),
     None,
 )
 TF32 = Option("tf32", "True or False (TF32 matmuls and convolutions on CUDA)", lambda v: isinstance(v, bool), False)
