@@ -86,9 +86,7 @@ def pack(sources: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
     return packed, offsets
 
 
-def round_into(
-    pairs: Sequence[tuple[Tensor, Tensor]], generator: NoiseStream | torch.Generator | None = None
-) -> None:
+def round_into(pairs: Sequence[tuple[Tensor, Tensor]], generator: NoiseStream | torch.Generator | None = None) -> None:
     """Round each float32 source stochastically into its bfloat16 destination (``(source, destination)`` on one
     device), all in one pass: the noise follows the order of ``pairs``."""
     if not pairs:
