@@ -19,6 +19,7 @@ import click
 from prec._version import __version__
 from prec.cli._reporting import reported
 from prec.cli.bench import bench_command
+from prec.cli.plan import plan_command
 from prec.cli.summary import summary_command
 
 #: Version of the ``prec list --json`` document; raised when a key changes meaning or disappears.
@@ -33,6 +34,7 @@ def main() -> None:
 
 
 main.add_command(bench_command)
+main.add_command(plan_command)
 main.add_command(summary_command)
 
 
