@@ -69,7 +69,11 @@ def test_gradient_accumulation_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("arguments", "named"),
-    [({"every_n_steps": 0}, "every_n_steps"), ({"threshold": 2.0}, "threshold"), ({"max_loss_gap": -1}, "max_loss_gap")],
+    [
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"max_loss_gap": -1}, "max_loss_gap"),
+    ],
 )
 def test_bad_arguments_are_configuration_errors_naming_them(arguments: dict[str, Any], named: str) -> None:
     with pytest.raises(prec.ConfigurationError, match=named):

@@ -186,7 +186,9 @@ def test_monitor_and_drift_check_give_the_same_numbers_through_the_trainer_and_a
     monitor = prec.NumericsMonitor(every_n_steps=1, formats=["fp16", "e4m3"])
     drift = prec.DriftCheck(every_n_steps=1)
     torch.manual_seed(3)
-    _trainer("32-true", [monitor, drift], steps=1).fit(Wrapped(models.WithNorms()), [(b[0][:, :16].repeat(1, 2)[:, :16], b[1]) for b in batch])
+    _trainer("32-true", [monitor, drift], steps=1).fit(
+        Wrapped(models.WithNorms()), [(b[0][:, :16].repeat(1, 2)[:, :16], b[1]) for b in batch]
+    )
 
     torch.manual_seed(3)
     model = Wrapped(models.WithNorms())

@@ -56,8 +56,16 @@ def test_records_every_n_steps_and_leaves_no_hook_installed_on_the_other_steps()
 def test_default_cadence_is_log_every_n_steps_and_values_reach_the_csv_logger(tmp_path: Path) -> None:
     monitor = prec.NumericsMonitor()
     logger = prec.CSVLogger(tmp_path)
-    trainer = prec.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, callbacks=[monitor], logger=logger,
-                           enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer = prec.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        log_every_n_steps=2,
+        callbacks=[monitor],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(Net(), _batches(4))
     assert monitor.recorded_steps == [1, 3]
     with open(logger.metrics_file, newline="") as handle:
@@ -68,8 +76,16 @@ def test_default_cadence_is_log_every_n_steps_and_values_reach_the_csv_logger(tm
 
 def test_the_end_of_fit_table_fits_80_columns_and_goes_to_the_prec_logger(caplog: pytest.LogCaptureFixture) -> None:
     monitor = prec.NumericsMonitor(every_n_steps=1, formats=["e4m3"])
-    trainer = prec.Trainer(accelerator="cpu", precision="bf16-true", max_steps=2, callbacks=[monitor], logger=False,
-                           enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer = prec.Trainer(
+        accelerator="cpu",
+        precision="bf16-true",
+        max_steps=2,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     with caplog.at_level(logging.INFO, logger="prec"):
         trainer.fit(Net(), _batches(2))
     (report,) = [record.getMessage() for record in caplog.records if "prec numerics" in record.getMessage()]
@@ -82,9 +98,15 @@ def test_histograms_reach_tensorboard(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = prec.TensorBoardLogger(tmp_path)
-    trainer = prec.Trainer(accelerator="cpu", max_steps=1, callbacks=[prec.NumericsMonitor(every_n_steps=1)],
-                           logger=logger, enable_progress_bar=False, enable_model_summary=False,
-                           enable_checkpointing=False)  # fmt: skip
+    trainer = prec.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        callbacks=[prec.NumericsMonitor(every_n_steps=1)],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(Net(), _batches(1))
     events = EventAccumulator(str(logger.log_dir), size_guidance={"histograms": 0})
     events.Reload()
@@ -108,7 +130,14 @@ def test_bad_arguments_are_configuration_errors_naming_them(arguments: dict[str,
 
 def test_a_filter_that_selects_nothing_is_refused_at_fit_start() -> None:
     monitor = prec.NumericsMonitor(module_filter=lambda name, module: False)
-    trainer = prec.Trainer(accelerator="cpu", max_steps=1, callbacks=[monitor], logger=False,
-                           enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer = prec.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        callbacks=[monitor],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     with pytest.raises(prec.ConfigurationError, match="selected no module"):
         trainer.fit(Net(), _batches(1))

@@ -133,4 +133,6 @@ def test_a_plan_that_is_neither_a_path_nor_a_plan_is_refused(value: Any) -> None
 
 def test_a_missing_plan_file_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(prec.ConfigurationError, match="missing.json: cannot read"):
-        prec.Trainer(accelerator="cpu", precision="bf16-true", precision_options={"plan": str(tmp_path / "missing.json")})
+        prec.Trainer(
+            accelerator="cpu", precision="bf16-true", precision_options={"plan": str(tmp_path / "missing.json")}
+        )

@@ -128,8 +128,8 @@ class DriftCheck(Callback):
         name = trainer.precision
         self._reference_dtype = torch.float64 if name in ("32-true", "64-true") else torch.float32
         roles = PRECISION_FORMATS.get(name)
-        self._plain = (roles is None or roles.forward in ("e4m3", "e5m2")) if self.plain_linear is None else (
-            self.plain_linear
+        self._plain = (
+            (roles is None or roles.forward in ("e4m3", "e5m2")) if self.plain_linear is None else (self.plain_linear)
         )
         self.reports, self.checked_steps, self.last_scalars = [], [], {}
         self._pending, self._loss = None, None

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NumericsMonitor", "run_formats"]
 
-_LISTED = 8
+_LISTED = 6
 
 
 def run_formats(precision: str, extra: Iterable[FormatInput] | FormatInput = ()) -> tuple[str, ...]:
@@ -114,6 +114,7 @@ class NumericsMonitor(Callback):
         self._skips_seen = 0
         self._run_formats: tuple[str, ...] = ()
         self._tensorboards: list[TensorBoardLogger] = []
+        self._warned: set[tuple[str, ...]] = set()
 
     # -- the run's frame ------------------------------------------------------------------------------------
     @override
@@ -140,6 +141,7 @@ class NumericsMonitor(Callback):
         self._recording, self._record_next = None, False
         self._skips_seen = precision.guard.skipped
         self.recorded_steps, self.worst, self.last_scalars, self.last_step = [], {}, {}, None
+        self._warned = set()
 
     @override
     def on_fit_end(self, trainer: TrainerView, module: TrainingModule) -> None:
@@ -233,17 +235,20 @@ class NumericsMonitor(Callback):
         return True
 
     def _warn_skip(self, result: NumericsResult, step: int) -> None:
-        overflowed = _overflowed_layers(result, self._run_formats)
+        """Warn once per fit for each set of overflowing layers (a run that keeps skipping says it once)."""
+        overflowed, nonfinite = _overflowed_layers(result, self._run_formats)
+        layers = tuple(item.rsplit(",", 1)[0] for item in overflowed)  # "module (kind": not the fraction
+        if layers in self._warned:
+            return
+        self._warned.add(layers)
         if overflowed:
-            listed = ", ".join(overflowed[:_LISTED]) + (
-                f" and {len(overflowed) - _LISTED} more" if len(overflowed) > _LISTED else ""
-            )
-            what = f"values overflowed ({'/'.join(self._run_formats)}) on that step in: {listed}."
+            what = f"values overflowed {'/'.join(self._run_formats)} on that step in: {_listed(overflowed)}."
             hint = " Keep them in float32 (precision_options={'keep_float32': [...]}, or a plan from `prec plan`)."
         else:
             what = "no recorded layer's values overflowed on that step; the inf/NaN came from elsewhere"
             hint = " (the loss, an operation between layers, or a module outside module_filter)."
-        warn(f"prec NumericsMonitor: optimizer step {step} was skipped; {what}{hint}", PrecWarning)
+        after = f" Layers holding inf/NaN without overflowing themselves: {_listed(nonfinite)}." if nonfinite else ""
+        warn(f"prec NumericsMonitor: optimizer step {step} was skipped; {what}{hint}{after}", PrecWarning)
 
     def _write_histograms(self, result: NumericsResult, step: int) -> None:
         edges = NumericsResult.histogram_edges()
@@ -273,14 +278,22 @@ class NumericsMonitor(Callback):
         self._recording = None
 
 
-def _overflowed_layers(result: NumericsResult, formats: Sequence[str]) -> list[str]:
-    """``"module (kind)"`` for each recorded tensor that overflowed one of ``formats`` or holds inf/NaN."""
-    names = []
+def _listed(names: Sequence[str]) -> str:
+    extra = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + extra
+
+
+def _overflowed_layers(result: NumericsResult, formats: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``"module (kind, x% over)"`` for each recorded tensor with values above the largest finite value of one of
+    ``formats``, and ``"module (kind)"`` for those holding inf/NaN only because their inputs did."""
+    overflowed, nonfinite = [], []
     for module, kinds in result.to_dict().items():
         for kind, stats in kinds.items():
             if not isinstance(stats, dict) or "amax" not in stats:
                 continue
             worst = max((stats[fmt]["overflow"] for fmt in formats if fmt in stats), default=0.0)
-            if worst > 0 or not math.isfinite(stats["amax"]):
-                names.append(f"{key_name(module)} ({kind}, {100 * worst:.2f}% over)")
-    return names
+            if worst > 0:
+                overflowed.append(f"{key_name(module)} ({kind}, {100 * worst:.2f}% over)")
+            elif not math.isfinite(stats["amax"]):
+                nonfinite.append(f"{key_name(module)} ({kind})")
+    return overflowed, nonfinite

@@ -71,16 +71,16 @@ def _loss_function(model: torch.nn.Module) -> Callable[[torch.nn.Module, Any], t
 
 def _optimizer_factory(model: torch.nn.Module) -> Callable[..., Any] | None:
     """The optimizer class and settings of ``configure_optimizers``, for fresh parameters."""
-    from prec.cli.summary import _first_optimizer
     from prec.model.module import TrainingModule
+    from prec.numerics.updates import constructor_defaults
+    from prec.training.optim import parse_optimizers
 
     if not isinstance(model, TrainingModule):
         return None
-    optimizer = _first_optimizer(model.configure_optimizers())
-    if optimizer is None:
+    optimizers, _ = parse_optimizers(model.configure_optimizers())
+    if not optimizers:
         return None
-    from prec.numerics.updates import constructor_defaults
-
+    optimizer = optimizers[0]
     kind, defaults = type(optimizer), constructor_defaults(optimizer)
     return lambda parameters: kind(parameters, **defaults)
 
