@@ -7,13 +7,13 @@ Method:
   every Python ``call`` event of a whole ``fit`` of the tiny MLP at 32-true, for 20 and for 40 steps; the
   difference over 20 is the calls of one step, without set-up. Cases: no monitor ("off"), and a
   ``NumericsMonitor`` whose cadence never comes ("idle": the steps between two recorded ones).
-* **step time**: ``transformer-small`` of ``prec bench`` (2 layers, 128 wide) at 32-true, ``log_every_n_steps=50``;
+* **step time** (``--threads`` torch threads, 1 by default: steadier on a shared machine): ``transformer-small`` of ``prec bench`` (2 layers, 128 wide) at 32-true, ``log_every_n_steps=50``;
   fits with and without the monitor alternate, each of ``--steps`` steps, and the median of the per-run times per
   step is compared (interleaved, so drift of a busy machine hits both alike).
 * **prec plan**: :func:`prec.cli.plan.make_model_plan` of a 6-layer transformer (the same model, 6 layers) with
   2 measured steps, against the median time of one float32 training step of that model times those 2 steps.
 
-    python benchmarks/numerics_cost.py [--steps 100] [--repeats 3]
+    python benchmarks/numerics_cost.py [--steps 100] [--repeats 3] [--threads 1]
 
 Results: ``results/numerics_cost.json`` and ``results/numerics_cost.md``.
 """
@@ -85,9 +85,11 @@ def _calls(steps: int, monitor: bool) -> int:
 
 
 def calls_per_step() -> dict[str, float]:
-    return {
-        case: (_calls(40, monitor) - _calls(20, monitor)) / 20 for case, monitor in (("off", False), ("idle", True))
-    }
+    counts: dict[str, float] = {}
+    for case, monitor in (("off", False), ("idle", True)):
+        _calls(4, monitor)  # warm-up: first-call imports (torch._dynamo with the first optimizer) are not a step's
+        counts[case] = (_calls(40, monitor) - _calls(20, monitor)) / 20
+    return counts
 
 
 def _timed_fit(steps: int, monitor: bool) -> float:
@@ -139,7 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     calls = calls_per_step()
     timing = step_time(args.steps, args.repeats)
@@ -154,6 +158,7 @@ def main() -> None:
         "plan": planning,
         "plan_target": PLAN_TARGET,
         "steps": args.steps,
+        "threads": args.threads,
         "repeats": args.repeats,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
