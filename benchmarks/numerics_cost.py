@@ -7,7 +7,8 @@ Method:
   every Python ``call`` event of a whole ``fit`` of the tiny MLP at 32-true, for 20 and for 40 steps; the
   difference over 20 is the calls of one step, without set-up. Cases: no monitor ("off"), and a
   ``NumericsMonitor`` whose cadence never comes ("idle": the steps between two recorded ones).
-* **step time** (``--threads`` torch threads, 1 by default: steadier on a shared machine): ``transformer-small`` of ``prec bench`` (2 layers, 128 wide) at 32-true, ``log_every_n_steps=50``;
+* **step time** (``--threads`` torch threads, 1 by default: steadier on a shared machine): ``transformer-small``
+  of ``prec bench`` (2 layers, 128 wide) at 32-true, ``log_every_n_steps=50``;
   fits with and without the monitor alternate, each of ``--steps`` steps, and the median of the per-run times per
   step is compared (interleaved, so drift of a busy machine hits both alike).
 * **prec plan**: :func:`prec.cli.plan.make_model_plan` of a 6-layer transformer (the same model, 6 layers) with
