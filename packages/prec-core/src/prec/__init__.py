@@ -33,10 +33,12 @@ from prec.options import Option, check_options
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator, Availability
+    from prec.callbacks.drift import DriftCheck
     from prec.callbacks.early_stopping import EarlyStopping
     from prec.callbacks.finetuning import BaseFinetuning
     from prec.callbacks.lr_monitor import LearningRateMonitor
     from prec.callbacks.model_checkpoint import ModelCheckpoint
+    from prec.callbacks.numerics import NumericsMonitor
     from prec.callbacks.progress import ProgressBarCallback, TQDMProgressBar
     from prec.loggers import CSVLogger, Logger, TensorBoardLogger
     from prec.model.callback import Callback
@@ -102,9 +104,11 @@ _EXPORTS: dict[str, str] = {
     "get_registry": "prec.training.composition",
     "RunState": "prec.training.run_state",
     "BaseFinetuning": "prec.callbacks.finetuning",
+    "DriftCheck": "prec.callbacks.drift",
     "EarlyStopping": "prec.callbacks.early_stopping",
     "LearningRateMonitor": "prec.callbacks.lr_monitor",
     "ModelCheckpoint": "prec.callbacks.model_checkpoint",
+    "NumericsMonitor": "prec.callbacks.numerics",
     "ProgressBarCallback": "prec.callbacks.progress",
     "TQDMProgressBar": "prec.callbacks.progress",
     "Trainer": "prec.trainer",

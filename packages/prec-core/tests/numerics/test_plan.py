@@ -54,7 +54,7 @@ def test_the_layer_with_outlier_inputs_is_the_worst_in_e4m3_and_stays_out_of_fp8
     plan = make_plan(measured, "fp8-mixed")
     assert [decision.module for decision in plan.fp8_exclude] == ["outlier"]
     assert "output error in e4m3" in plan.fp8_exclude[0].reason
-    assert plan.precision_options() == {"fp8_exclude": ["outlier"]}
+    assert plan.precision_options() == {"skip": ["outlier"]}
     assert plan.keep_float32 == ()  # in bf16 the same layer is fine
 
 

@@ -20,6 +20,7 @@ from prec._version import __version__
 from prec.cli._reporting import reported
 from prec.cli.bench import bench_command
 from prec.cli.export import export_command
+from prec.cli.plan import plan_command
 from prec.cli.summary import summary_command
 
 #: Version of the ``prec list --json`` document; raised when a key changes meaning or disappears.
@@ -35,6 +36,7 @@ def main() -> None:
 
 main.add_command(bench_command)
 main.add_command(export_command)
+main.add_command(plan_command)
 main.add_command(summary_command)
 
 

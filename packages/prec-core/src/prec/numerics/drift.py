@@ -103,9 +103,14 @@ def gradient_drift(
     reference_dtype: torch.dtype = torch.float32,
     *,
     low_loss: float | Tensor | None = None,
+    plain_linear: bool = False,
 ) -> DriftReport:
     """Compare ``low_grads`` (``{parameter name: gradient}``; default: the ``.grad`` of ``model``'s parameters)
-    with gradients recomputed in ``reference_dtype`` from the same weights and ``batch``."""
+    with gradients recomputed in ``reference_dtype`` from the same weights and ``batch``.
+
+    ``plain_linear``: in the reference, every subclass of ``torch.nn.Linear`` runs as ``torch.nn.Linear`` — the
+    fp8 and int8 training layers of prec-torchao are such subclasses, and would otherwise compute the reference
+    in their own format."""
     if reference_dtype not in (torch.float32, torch.float64):
         raise ConfigurationError(f"reference_dtype must be torch.float32 or torch.float64, got {reference_dtype}.")
     if low_grads is None:
@@ -113,6 +118,10 @@ def gradient_drift(
     if not low_grads:
         raise ConfigurationError("low_grads: no gradient to compare; run backward first or pass low_grads.")
     reference = model_copy(model, reference_dtype)
+    if plain_linear:
+        for module in reference.modules():
+            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
+                module.__class__ = torch.nn.Linear  # same parameters, torch's own float matmul
     reference.zero_grad(set_to_none=True)
     ref_loss = loss_fn(reference, cast_batch(batch, reference_dtype))
     ref_loss.backward()

@@ -20,17 +20,33 @@ and validated on load: an unknown schema version, a missing or unknown key, or a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from prec.errors import ConfigurationError
 
-__all__ = ["MASTER_WEIGHT_MODES", "SCHEMA_VERSION", "Decision", "MasterWeights", "Plan", "exact_pattern"]
+__all__ = [
+    "MASTER_WEIGHT_MODES",
+    "PLAN_OPTION",
+    "SCHEMA_VERSION",
+    "Decision",
+    "MasterWeights",
+    "Plan",
+    "exact_pattern",
+    "expand_plan_option",
+]
 
 SCHEMA_VERSION = 1
 #: The ``master_weights`` modes a plan may name (those of prec's bf16-true / 16-true).
 MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
+#: The ``precision_options`` key that takes a plan (a file path or a :class:`Plan`): see :func:`expand_plan_option`.
+PLAN_OPTION = "plan"
+#: Where a plan's ``fp8_exclude`` goes in an fp8 precision's options: prec-torchao's layer filter takes name
+#: patterns as ``skip``.
+FP8_EXCLUDE_OPTION = "skip"
 _KEYS = ("schema_version", "precision", "keep_float32", "fp8_exclude", "master_weights", "notes", "thresholds")
 
 
@@ -68,13 +84,14 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     def precision_options(self) -> dict[str, Any]:
-        """The Trainer's ``precision_options``: ``keep_float32`` (exact name patterns), ``master_weights``, and for
-        fp8 precisions ``fp8_exclude``; keys with nothing to say are left out."""
+        """The Trainer's ``precision_options``: ``keep_float32`` (exact name patterns), ``master_weights``, and the
+        ``fp8_exclude`` modules as ``skip`` (the option prec-torchao's fp8 precisions filter layers with); keys with
+        nothing to say are left out."""
         options: dict[str, Any] = {}
         if self.keep_float32:
             options["keep_float32"] = [exact_pattern(item.module) for item in self.keep_float32]
         if self.fp8_exclude:
-            options["fp8_exclude"] = [exact_pattern(item.module) for item in self.fp8_exclude]
+            options[FP8_EXCLUDE_OPTION] = [exact_pattern(item.module) for item in self.fp8_exclude]
         if self.master_weights is not None:
             options["master_weights"] = self.master_weights.mode
         return options
@@ -164,6 +181,40 @@ class Plan:
             notes=tuple(notes),
             thresholds={str(key): float(value) for key, value in thresholds.items()},
         )
+
+
+def expand_plan_option(precision: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``plan`` (a path to a plan file, or a :class:`Plan`) replaced by the plan's options.
+
+    The one place a plan becomes precision options (the registry calls it for every precision it builds, once
+    ``"auto"`` is resolved to ``precision``). A plan made for another precision, or an option given both by the
+    plan and explicitly, is a :class:`~prec.ConfigurationError` naming both; an empty plan adds nothing."""
+    if PLAN_OPTION not in options:
+        return dict(options)
+    rest = {key: value for key, value in options.items() if key != PLAN_OPTION}
+    value = options[PLAN_OPTION]
+    if isinstance(value, Plan):
+        plan, source = value, "the plan"
+    elif isinstance(value, (str, PathLike)):
+        plan, source = Plan.load(value), str(value)
+    else:
+        raise ConfigurationError(
+            f"precision_options: plan={value!r} must be a path to a plan file (prec plan --output) or a"
+            " prec.numerics.Plan."
+        )
+    if plan.precision != precision:
+        raise ConfigurationError(
+            f"precision_options: {source} is a plan for {plan.precision!r}, but the precision is {precision!r};"
+            f" make a plan for {precision!r} (prec plan ... --precision {precision}) or train at {plan.precision!r}."
+        )
+    planned = plan.precision_options()
+    both = sorted(set(planned) & set(rest))
+    if both:
+        raise ConfigurationError(
+            f"precision_options: {both[0]!r} is given both by {source} ({planned[both[0]]!r}) and explicitly"
+            f" ({rest[both[0]]!r}); drop one of them (edit the plan to change what it decides)."
+        )
+    return {**rest, **planned}
 
 
 def _reject_constant(name: str) -> Any:

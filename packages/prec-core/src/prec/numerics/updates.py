@@ -58,7 +58,7 @@ def _state_copy(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _constructor_defaults(optimizer: Optimizer) -> dict[str, Any]:
+def constructor_defaults(optimizer: Optimizer) -> dict[str, Any]:
     """The optimizer's ``defaults`` its constructor accepts (AdamW keeps ``decoupled_weight_decay`` there, which
     its constructor does not take). The param groups carry every hyper-parameter anyway."""
     parameters = inspect.signature(type(optimizer).__init__).parameters
@@ -94,7 +94,7 @@ def intended_updates(
     if not pairs:
         return {}
     try:
-        shadow = type(optimizer)(groups, **_constructor_defaults(optimizer))
+        shadow = type(optimizer)(groups, **constructor_defaults(optimizer))
     except Exception as error:  # noqa: BLE001 - any constructor failure is reported the same way
         raise ConfigurationError(
             f"optimizer: cannot measure intended updates of {type(optimizer).__name__}: building a float32 copy"

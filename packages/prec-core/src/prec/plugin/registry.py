@@ -277,6 +277,10 @@ class Registry(Explanations):
         name, reason = self.normalize(precision), None
         if name == AUTO:
             name, reason = accelerator.auto_precision()
+        if "plan" in options:  # a measured plan (prec plan) becomes the options it decides, for the resolved name
+            from prec.numerics.plan import expand_plan_option
+
+            options = expand_plan_option(name, options)
         return self._build_precision(self.precision_entry(name, accelerator.name), accelerator, options), reason
 
     def create_precision(self, value: Any, accelerator: Accelerator, **options: Any) -> Precision:
