@@ -103,6 +103,7 @@ def make_model_plan(
 ) -> tuple[Plan, Measurements, float]:
     """Measure MODEL and plan ``precision``: the plan, the measurements and the seconds the measurement took."""
     from prec.numerics import formats_for_precision, make_plan, measure
+    from prec.numerics.planner import plan_formats
 
     formats_for_precision(precision, argument="--precision")
     if steps < 1:
@@ -119,7 +120,13 @@ def make_model_plan(
         )
     started = time.perf_counter()
     measurements = measure(
-        module, source, _loss_function(module), steps=steps, precision=precision, optimizer=_optimizer_factory(module)
+        module,
+        source,
+        _loss_function(module),
+        formats=plan_formats(precision) or formats_for_precision(precision).forward,
+        steps=steps,
+        precision=precision,
+        optimizer=_optimizer_factory(module),
     )
     seconds = time.perf_counter() - started
     return make_plan(measurements, precision), measurements, seconds

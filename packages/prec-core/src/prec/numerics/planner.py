@@ -35,6 +35,7 @@ __all__ = [
     "MAX_OVERFLOW",
     "Thresholds",
     "make_plan",
+    "plan_formats",
 ]
 
 #: Any overflow of a layer's outputs in the 16-bit format keeps it in float32.
@@ -94,16 +95,26 @@ def _fp8_reason(layer: LayerMeasurement, forward: str, backward: str, limits: Th
     return None
 
 
+def plan_formats(precision: str) -> list[str]:
+    """The formats a plan for ``precision`` reads: its 16-bit format (bf16 beside fp8) and its forward and gradient
+    formats; none for a precision wider than 16 bits. Measuring only these keeps ``prec plan`` cheap."""
+    roles = formats_for_precision(precision)
+    sixteen = "bf16" if FORMATS[roles.forward].scaled else roles.forward
+    if FORMATS[sixteen].bits != 16:
+        return []
+    return list(dict.fromkeys([sixteen, roles.forward, roles.gradients]))
+
+
 def make_plan(measurements: Measurements, precision: str, *, thresholds: Thresholds | None = None) -> Plan:
     """The plan for ``precision`` from ``measurements`` (see the module documentation for the rules)."""
     if not isinstance(measurements, Measurements):
         raise ConfigurationError(f"measurements must come from measure(), got {type(measurements).__name__}.")
     limits = thresholds or Thresholds()
+    needed = plan_formats(precision)
     roles = formats_for_precision(precision)
     fp8 = FORMATS[roles.forward].scaled
     sixteen = "bf16" if fp8 else roles.forward
-    needed = [sixteen, roles.forward, roles.gradients] if FORMATS[sixteen].bits == 16 else []
-    missing = [name for name in dict.fromkeys(needed) if name not in measurements.formats]
+    missing = [name for name in needed if name not in measurements.formats]
     if missing:
         raise ConfigurationError(
             f"measurements: a plan for {precision} needs the formats {', '.join(missing)}, which were not measured;"
