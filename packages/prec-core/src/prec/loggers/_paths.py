@@ -82,10 +82,9 @@ def raise_full(error: OSError, owner: str, path: Path, unwritten: int) -> NoRetu
         raise error
     reason = error.strerror or os.strerror(error.errno or errno.ENOSPC)
     full = StorageFullError(
+        error.errno,
         f"{owner} cannot write {path}: {reason}. The run stopped; the file holds every row written before, whole"
         f" ({unwritten} rows were not written). Free some space (or pass a save_dir= on a larger disk) and resume"
-        " from the last checkpoint with trainer.fit(..., ckpt_path='last')."
+        " from the last checkpoint with trainer.fit(..., ckpt_path='last').",
     )
-    full.errno = error.errno
-    full.filename = str(path)
     raise full from error

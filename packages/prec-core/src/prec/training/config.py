@@ -16,8 +16,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from prec._warnings import warn
 from prec.accelerator import Accelerator, DeviceRequest, normalize_devices
-from prec.errors import ConfigurationError
+from prec.errors import ConfigurationError, PrecWarning
 from prec.loggers import LoggerGroup, resolve_loggers
 from prec.loggers._paths import check_path
 from prec.model.callback import Callback
@@ -42,6 +43,7 @@ __all__ = [
     "check_clipping",
     "check_limit",
     "reject_unknown_arguments",
+    "warn_if_resumed_past_limits",
 ]
 
 #: ``max_epochs`` when neither ``max_epochs`` nor ``max_steps`` is given (as in Lightning).
@@ -196,6 +198,24 @@ class TrainerConfig:
     def argument_names(cls) -> tuple[str, ...]:
         """Every argument the Trainer accepts, in signature order."""
         return tuple(item.name for item in fields(cls))
+
+
+def warn_if_resumed_past_limits(
+    max_steps: int, max_epochs: int | None, global_step: int, current_epoch: int, ckpt_path: object
+) -> None:
+    """A resumed run whose counters already reach ``max_steps``/``max_epochs`` trains nothing: say so, rather
+    than end ``fit`` silently (Lightning reports the same stop)."""
+    reached = []
+    if max_steps != -1 and global_step >= max_steps:
+        reached.append(f"global_step={global_step} >= max_steps={max_steps}")
+    if max_epochs is not None and current_epoch >= max_epochs:
+        reached.append(f"epoch {current_epoch} >= max_epochs={max_epochs}")
+    if reached:
+        warn(
+            f"fit(ckpt_path={str(ckpt_path)!r}) resumes a run that is already finished ({'; '.join(reached)}):"
+            " no training step will run. Raise max_steps / max_epochs to train further.",
+            PrecWarning,
+        )
 
 
 def reject_unknown_arguments(unknown: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ import torch
 from prec.errors import ConfigurationError
 from prec.model.module import TrainingModule
 from prec.training.checkpointing import load_checkpoint
+from prec.training.config import warn_if_resumed_past_limits
 from prec.training.epoch import FIT_HOOKS, TrainingEpoch, may_stop
 from prec.training.evaluation import evaluate, sanity_check
 from prec.training.hook_calls import call, hook_callers, limit_batches
@@ -55,6 +56,9 @@ def run_fit(
     trainer.num_training_batches = state.train_batches
     if state.ckpt_path is not None:
         load_checkpoint(trainer, model, state.ckpt_path, "fit")
+        warn_if_resumed_past_limits(
+            trainer.max_steps, trainer.max_epochs, state.global_step, state.current_epoch, state.ckpt_path
+        )
 
     hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
     announce(trainer)
