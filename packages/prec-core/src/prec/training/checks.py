@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from prec.accelerator import Accelerator
 from prec.errors import ConfigurationError
+from prec.loggers._paths import given
 
 __all__ = [
     "check_accelerator",
@@ -62,14 +63,16 @@ def check_limit(name: str, value: object) -> int | float | None:
         return None
     if is_int(value):
         if int(value) < 0:  # type: ignore[call-overload]
-            raise ConfigurationError(f"{name}={value} must be >= 0.")
+            raise ConfigurationError(f"{given(name, value)} must be >= 0.")
         return int(value)  # type: ignore[call-overload]
     if not is_real(value):
         raise ConfigurationError(
-            f"{name}={show(value)} must be an int (batches), a float in [0, 1] (fraction) or None (all)."
+            f"{given(name, value)} must be an int (batches), a float in [0, 1] (fraction) or None (all)."
         )
     if not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
-        raise ConfigurationError(f"{name}={value} as a fraction must lie in [0, 1]; pass an int for a batch count.")
+        raise ConfigurationError(
+            f"{given(name, value)} as a fraction must lie in [0, 1]; pass an int for a batch count."
+        )
     return float(value)  # type: ignore[arg-type]
 
 
@@ -78,13 +81,13 @@ def check_int(name: str, value: object, minimum: int, accepted: str) -> int:
     if not is_int(value):
         hint = ""
         if is_real(value) and math.isfinite(value) and float(value).is_integer():  # type: ignore[arg-type]
-            hint = f" Did you mean {name}={int(value)}?"  # type: ignore[call-overload]
+            hint = f" Did you mean {given(name, int(value))}?"  # type: ignore[call-overload]
         elif isinstance(value, str) and _ascii_int(value) is not None:
-            hint = f" Did you mean {name}={_ascii_int(value)}? (a number, not a string)"
-        raise ConfigurationError(f"{name}={show(value)} must be {accepted}.{hint}")
+            hint = f" Did you mean {given(name, _ascii_int(value))}? (a number, not a string)"
+        raise ConfigurationError(f"{given(name, value)} must be {accepted}.{hint}")
     number = int(value)  # type: ignore[call-overload]
     if number < minimum:
-        raise ConfigurationError(f"{name}={number} must be {accepted}.")
+        raise ConfigurationError(f"{given(name, number)} must be {accepted}.")
     return number
 
 
@@ -94,7 +97,7 @@ def check_optional_int(name: str, value: object, minimum: int, accepted: str) ->
 
 def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{name}={show(value)} must be True or False.")
+        raise ConfigurationError(f"{given(name, value)} must be True or False.")
     return value
 
 
@@ -104,7 +107,7 @@ def check_number(name: str, value: object, *, optional: bool = False, finite: bo
         return None
     if not is_real(value) or (finite and not math.isfinite(value)):  # type: ignore[arg-type]
         accepted = "a finite number" if finite else "a number (not NaN)"
-        raise ConfigurationError(f"{name}={show(value)} must be {accepted}{', or None' if optional else ''}.")
+        raise ConfigurationError(f"{given(name, value)} must be {accepted}{', or None' if optional else ''}.")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -112,7 +115,7 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """One of ``choices`` (exact text); anything else, hashable or not, names them."""
     options = tuple(choices)
     if not isinstance(value, str) or value not in options:
-        raise ConfigurationError(f"{name}={show(value)} must be {' or '.join(map(repr, options))}.")
+        raise ConfigurationError(f"{given(name, value)} must be {' or '.join(map(repr, options))}.")
     return value
 
 
@@ -122,7 +125,7 @@ def check_metric_name(name: str, value: object, *, optional: bool = False) -> st
         return None
     if not isinstance(value, str) or not value.strip():
         accepted = "the name of a logged metric (a non-empty str)" + (", or None" if optional else "")
-        raise ConfigurationError(f"{name}={show(value)} must be {accepted}.")
+        raise ConfigurationError(f"{given(name, value)} must be {accepted}.")
     return value
 
 
