@@ -5,6 +5,8 @@ inside, never a :class:`prec.PluginError` blaming a plugin), and nothing hangs."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -158,21 +160,27 @@ def test_precision_options_are_the_users_mistake_not_the_plugins(precision: str,
 
 
 class _Tiny(prec.TrainingModule):
+    """Its steps ignore the batch, so any iterable the checks let through runs (what is checked is the data's
+    shape as a loader, not the user's step)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(2, 1)
 
+    def _loss(self) -> torch.Tensor:
+        return self.layer(torch.ones(1, 2)).pow(2).mean()
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0]).pow(2).mean()
+        return self._loss()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+        self.log("val_loss", self._loss())
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("test_loss", self.layer(batch[0]).pow(2).mean())
+        self.log("test_loss", self._loss())
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0])
+        return self._loss()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -220,6 +228,10 @@ def test_stage_arguments_and_datamodule_results_are_checked(
     trainer = prec.Trainer(
         accelerator="cpu",
         max_steps=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        limit_predict_batches=1,
+        num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -237,3 +249,36 @@ def test_stage_arguments_and_datamodule_results_are_checked(
             getattr(trainer, stage)(_Tiny(), ckpt_path=ckpt_path, **data)
         except (prec.ConfigurationError, prec.CheckpointError):
             return
+
+
+_EMPTY_LOADER = """
+import warnings, torch, prec
+warnings.simplefilter("ignore")
+
+class Module(prec.TrainingModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(torch.ones(1, 2)).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+for loader in ([], iter([])):
+    trainer = prec.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Module(), loader)
+    assert any("gave no batch" in str(w.message) for w in caught), [str(w.message) for w in caught]
+print("ended")
+"""
+
+
+def test_an_empty_training_loader_under_max_steps_alone_ends_fit_with_a_warning_instead_of_hanging() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _EMPTY_LOADER], capture_output=True, text=True, timeout=300, check=False
+    )  # the timeout is a hang guard only: the run takes a few seconds
+    assert done.returncode == 0 and "ended" in done.stdout, done.stderr[-3000:]

@@ -43,6 +43,7 @@ __all__ = [
     "check_clipping",
     "check_limit",
     "reject_unknown_arguments",
+    "warn_empty_epoch",
     "warn_if_resumed_past_limits",
 ]
 
@@ -216,6 +217,16 @@ def warn_if_resumed_past_limits(
             " no training step will run. Raise max_steps / max_epochs to train further.",
             PrecWarning,
         )
+
+
+def warn_empty_epoch(max_steps: int) -> None:
+    """An epoch without a batch under ``max_steps`` alone would repeat forever: ``fit`` stops and says why."""
+    warn(
+        f"fit() stopped: the training loader gave no batch in an epoch, so max_steps={max_steps} could never be"
+        " reached (no max_epochs is set). Check the loader: an empty dataset, or drop_last=True with fewer samples"
+        " than batch_size.",
+        PrecWarning,
+    )
 
 
 def reject_unknown_arguments(unknown: Mapping[str, Any]) -> None:
