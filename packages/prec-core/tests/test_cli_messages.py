@@ -111,3 +111,26 @@ def test_resuming_a_finished_run_warns_instead_of_ending_silently(tmp_path: Path
         warnings.simplefilter("error", prec.PrecWarning)
         further.fit(_Tiny(), loader, ckpt_path=tmp_path / "done.ckpt")
     assert further.global_step == 6
+
+
+def test_the_cli_names_an_unsupported_pair_with_the_trainers_reason_not_a_python_list() -> None:
+    from click.testing import CliRunner
+
+    from prec.cli.app import main
+
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--precision", "16-mixed", "--accelerator", "cpu", "--steps", "3", "--warmup", "1", "--repeats", "1"],
+    )
+    assert result.exit_code != 0
+    assert "['16-mixed']" not in result.output
+    assert "16-mixed needs a GPU" in result.output and "bf16-mixed" in result.output, result.output
+
+
+def test_bench_explains_when_its_recommendation_and_auto_differ() -> None:
+    from prec.cli.bench_report import _why_they_differ
+
+    differ = {"recommendation": {"precision": "32-true"}, "auto": {"precision": "bf16-mixed"}}
+    (sentence,) = _why_they_differ(differ)
+    assert "decides from the hardware alone" in sentence and "precision='32-true'" in sentence
+    assert _why_they_differ({"recommendation": {"precision": "bf16-mixed"}, "auto": {"precision": "bf16-mixed"}}) == []
