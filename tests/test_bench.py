@@ -104,7 +104,7 @@ def test_user_factory_from_module_path(tmp_path: Path, monkeypatch: pytest.Monke
     [
         (["--model", "mlp-huge"], "neither a built-in model"),
         (["--model", "no_such_module_xyz:build"], "cannot be loaded"),
-        (["--precision", "16-mixed"], "not available on cpu"),
+        (["--precision", "16-mixed"], "is not supported on accelerator 'cpu'"),
         (["--precision", "bf17"], "not a precision name"),
         (["--accelerator", "quantum"], "not installed"),
         (["--steps", "1"], "--steps must be >= 2"),

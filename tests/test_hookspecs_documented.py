@@ -56,3 +56,22 @@ def test_documented_register_signature_matches_the_real_callback(hook: str) -> N
     real = inspect.signature(callbacks[hook])
     documented_params = [(p.name, p.kind, p.default) for p in documented.parameters.values() if p.name != "self"]
     assert documented_params == [(p.name, p.kind, p.default) for p in real.parameters.values()]
+
+
+def test_the_plugin_guide_holds_the_hook_specs_as_prec_hookspecs_says_them() -> None:
+    """The hook-spec section of docs/plugins.md is written into the Markdown a reader opens; it must be exactly
+    what ``prec.hookspecs`` says (the docs build renders the same text from the same function)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prec_docs", ROOT / "docs" / "_hooks" / "prec_docs.py")
+    assert spec is not None and spec.loader is not None
+    prec_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prec_docs)
+    page = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    begin, end = "<!-- hookspecs:begin -->\n", "\n<!-- hookspecs:end -->"
+    assert begin in page and end in page, "docs/plugins.md lost its hook-spec section"
+    written = page.split(begin, 1)[1].split(end, 1)[0]
+    assert written.strip() == prec_docs.hookspecs_markdown().strip(), (
+        "docs/plugins.md's hook specs differ from prec.hookspecs: paste prec_docs.hookspecs_markdown() between"
+        " the hookspecs:begin and hookspecs:end comments"
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -102,3 +103,45 @@ def test_strict_mode_ends_in_one_line(sandbox: Sandbox) -> None:
 def test_python_dash_m_prec_works(sandbox: Sandbox, tmp_path: Path) -> None:
     result = sandbox.run("-m", "prec", "--version")
     assert result.returncode == 0 and result.stdout.startswith("prec "), result.stderr
+
+
+_WATCH = """
+import io, os, sys, time
+from prec.plugin._discovery import SlowPluginWatch
+os.environ["PREC_SLOW_PLUGIN_SECONDS"] = sys.argv[1]
+stream = io.StringIO()
+watch = SlowPluginWatch(stream)
+if sys.argv[2] == "torch":
+    with watch.watch("cpu", "importing"):
+        import torch  # the first import: far longer than the report's delay anywhere
+        time.sleep(0.5)  # the timer thread gets its turn whatever the scheduler did
+else:
+    import torch
+    with watch.watch("slow", "importing"):
+        time.sleep(1.0)
+print(stream.getvalue())
+"""
+
+
+def _watch_report(case: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _WATCH, "0.001" if case == "torch" else "0.05", case],
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard only
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_slow_first_import_of_torch_is_named_as_torch_not_as_the_plugin() -> None:
+    report = _watch_report("torch")
+    assert "importing torch (first use, for plugin 'cpu')" in report, report
+    assert "PREC_DISABLED_PLUGINS" not in report
+
+
+def test_a_slow_plugin_is_still_named_when_torch_is_already_loaded() -> None:
+    report = _watch_report("plugin")
+    assert "still importing plugin 'slow'" in report and "PREC_DISABLED_PLUGINS=slow" in report, report
+    assert "importing torch" not in report

@@ -94,7 +94,7 @@ def test_a_read_only_log_folder_fails_at_the_start(tmp_path: Path) -> None:
         pytest.skip("cannot mount a read-only tmpfs here (needs root)")
     try:
         trainer = prec.Trainer(accelerator="cpu", max_steps=99, enable_progress_bar=False, default_root_dir=folder)
-        with pytest.raises(prec.ConfigurationError, match=f"CSVLogger cannot write its logs to {folder}.*Read-only"):
+        with pytest.raises(prec.ConfigurationError, match=f"CSVLogger cannot write to {folder}.*Read-only"):
             trainer.fit(Net(), loader())
         assert trainer.global_step == 0  # found before the first step, not after 99
     finally:
@@ -112,7 +112,7 @@ def test_a_full_log_folder_fails_at_the_start(tmp_path: Path) -> None:
                 handle.write(b"\0" * (1 << 20))
                 handle.flush()
         logger = CSVLogger(folder)
-        with pytest.raises(prec.ConfigurationError, match=f"cannot write its logs to {folder}.*No space left"):
+        with pytest.raises(prec.ConfigurationError, match=f"cannot write to {folder}.*No space left"):
             logger.setup(folder, True)
         CSVLogger(folder).setup(folder, False)  # other ranks write nothing, so check nothing
     finally:

@@ -36,6 +36,14 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model being trained."""
 
 
+class StorageFullError(OSError):
+    """A run could not write its logs: the disk, a quota or a file-size limit is full (``errno`` says which).
+
+    The run stops at once (a run whose logs silently stop is worse than one that stops); every file written before
+    is whole, and the rows not written are counted in the message. An :class:`OSError`, so ``except OSError`` keeps
+    working. A full disk while saving a checkpoint is a :class:`CheckpointError` (the previous checkpoint intact)."""
+
+
 class PluginError(RuntimeError):
     """A plugin failed to load or broke the registry rules (raised only under ``PREC_STRICT_PLUGINS=1``)."""
 

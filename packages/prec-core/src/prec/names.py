@@ -18,6 +18,21 @@ _LEGACY_SILENT: dict[object, str] = {32: "32-true", "32": "32-true", 64: "64-tru
 
 PrecisionInput = str | int | None
 
+#: How many names an error message lists before it says "and N more": a message stays readable however many
+#: plugins are installed.
+LISTED_NAMES = 20
+
+
+def readable_list(names: Iterable[object], limit: int = LISTED_NAMES, *, empty: str = "none") -> str:
+    """``"a, b, c"``, or the first ``limit`` and ``"and N more"``; ``empty`` when there are none."""
+    items = [str(name) for name in names]
+    if not items:
+        return empty
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+
+
 # What people type for a dtype or another framework's name -> the precision they most likely mean. A suggestion
 # only: none of these is accepted, because each hides whether weights or only the math are 16 bit.
 _COMMON_MISTAKES: dict[str, str] = {
@@ -81,7 +96,7 @@ def normalize_precision(value: PrecisionInput, known: Iterable[str] = CANONICAL_
 
 def _unknown(value: object, known: Iterable[str]) -> UnknownPrecisionError:
     names = sorted(set(CANONICAL_PRECISIONS) | set(known))
-    message = f"precision={value!r} is not a precision name. Valid names: {', '.join(names)}"
+    message = f"precision={_show(value)} is not a precision name. Valid names: {readable_list(names)}"
     message += "; legacy values 16, '16', 'bf16', 32, '32', 64, '64'; or 'auto'."
     if isinstance(value, str):
         suggestion = did_you_mean(value, names)
@@ -92,6 +107,11 @@ def _unknown(value: object, known: Iterable[str]) -> UnknownPrecisionError:
         if canonical:
             message += f" Did you mean {canonical!r}?"
     return UnknownPrecisionError(message)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(text)} characters)"
 
 
 def did_you_mean(value: str, known: Iterable[str] = CANONICAL_PRECISIONS) -> str | None:

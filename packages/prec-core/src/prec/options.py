@@ -78,9 +78,18 @@ def check_options(
     for name, spec in specs.items():
         if name in options:
             value = options[name]
-            if not spec.check(value):
+            if not _accepts(spec, value):
                 raise ConfigurationError(f"precision_options for {owner}: {name}={value!r} must be {spec.expected}.")
             result[name] = value
         elif spec.default is not MISSING:
             result[name] = spec.default
     return result
+
+
+def _accepts(spec: Option, value: Any) -> bool:
+    """A check that raises on a value of a type it did not expect (``all(...)`` over an int) rejects the value: the
+    mistake is the user's option, not the plugin's."""
+    try:
+        return bool(spec.check(value))
+    except Exception:  # noqa: BLE001 - any failure of the check means "not accepted"
+        return False

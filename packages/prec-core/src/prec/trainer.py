@@ -19,7 +19,7 @@ from prec.model.datamodule import DataModule, StageData
 from prec.model.module import TrainingModule, unwrap_compiled
 from prec.precision import NonFinitePolicy, Precision
 from prec.training.composition import get_registry
-from prec.training.config import TrainerConfig, check_clipping, reject_unknown_arguments
+from prec.training.config import TrainerConfig, check_ckpt_path, check_clipping, reject_unknown_arguments
 from prec.training.run_setup import SkipInit
 from prec.training.run_state import RunState
 from prec.training.selection import select_parts
@@ -435,7 +435,7 @@ class Trainer:
         self.strategy.save_checkpoint(path, state, self.model, self.optimizers)
 
     def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
-        ckpt_path = self._checkpoint_path(stage, ckpt_path)
+        ckpt_path = self._checkpoint_path(stage, check_ckpt_path(stage, ckpt_path))
         # The strategy decides how many processes run the stage.
         return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 

@@ -12,6 +12,7 @@ from typing_extensions import override
 from prec._warnings import warn
 from prec.errors import ConfigurationError, PrecWarning
 from prec.model.callback import Callback
+from prec.training.checks import check_bool, check_choice, check_int, check_metric_name, check_number
 
 if TYPE_CHECKING:
     from prec.model.module import TrainingModule
@@ -55,14 +56,19 @@ class EarlyStopping(Callback):
         divergence_threshold: float | None = None,
         check_on_train_epoch_end: bool | None = None,
     ) -> None:
-        if mode not in self.order:
-            raise ConfigurationError(f"EarlyStopping(mode={mode!r}) must be 'min' or 'max'.")
-        if not isinstance(monitor, str) or not monitor:
-            raise ConfigurationError(f"EarlyStopping(monitor={monitor!r}) must name a logged metric.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigurationError(f"EarlyStopping(patience={patience!r}) must be an int >= 0.")
-        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) or math.isnan(min_delta):
-            raise ConfigurationError(f"EarlyStopping(min_delta={min_delta!r}) must be a number.")
+        owner = "EarlyStopping"
+        monitor = check_metric_name(f"{owner}(monitor)", monitor)  # type: ignore[assignment]
+        mode = check_choice(f"{owner}(mode)", mode, self.order)
+        patience = check_int(f"{owner}(patience)", patience, 0, "an int >= 0")
+        min_delta = check_number(f"{owner}(min_delta)", min_delta, finite=True)  # type: ignore[assignment]
+        verbose, strict, check_finite = (
+            check_bool(f"{owner}({name})", value)
+            for name, value in (("verbose", verbose), ("strict", strict), ("check_finite", check_finite))
+        )
+        stopping_threshold = check_number(f"{owner}(stopping_threshold)", stopping_threshold, optional=True)
+        divergence_threshold = check_number(f"{owner}(divergence_threshold)", divergence_threshold, optional=True)
+        if check_on_train_epoch_end is not None:
+            check_bool(f"{owner}(check_on_train_epoch_end)", check_on_train_epoch_end)
         self.monitor = monitor
         self.mode = mode
         self.patience = patience

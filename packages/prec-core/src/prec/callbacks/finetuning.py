@@ -7,7 +7,7 @@ trainable when frozen with ``train_bn=True`` (the default), as in Lightning.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,14 +15,30 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
 from prec._warnings import warn
-from prec.errors import PrecWarning
+from prec.errors import ConfigurationError, PrecWarning
 from prec.model.callback import Callback
+from prec.training.checks import check_bool, check_number, show
 
 if TYPE_CHECKING:
     from prec.model.module import TrainingModule
     from prec.model.trainer_view import TrainerView
 
 Modules = torch.nn.Module | Iterable[Any]
+
+
+def check_modules(argument: str, modules: object) -> Modules:
+    """A module, a ModuleDict, or an iterable (list, tuple, generator) of them, nested as deep as you like; a
+    generator is read once here and returned as a list."""
+    if isinstance(modules, torch.nn.Module):
+        return modules
+    if isinstance(modules, (str, bytes, Mapping, torch.Tensor)) or not isinstance(modules, Iterable):
+        raise ConfigurationError(
+            f"{argument}={show(modules)} must be a torch.nn.Module or a list of them; got {type(modules).__name__}."
+        )
+    items = list(modules)
+    for item in items:
+        check_modules(argument, item)
+    return items
 
 
 def flatten_modules(modules: Modules) -> list[torch.nn.Module]:
@@ -68,6 +84,8 @@ def freeze_module(module: torch.nn.Module) -> None:
 
 def freeze(modules: Modules, train_bn: bool = True) -> None:
     """Freeze ``modules``; with ``train_bn`` their batch norms stay trainable."""
+    modules = check_modules("freeze(modules)", modules)
+    train_bn = check_bool("freeze(train_bn)", train_bn)
     for module in flatten_modules(modules):
         if isinstance(module, _BatchNorm) and train_bn:
             make_trainable(module)
@@ -98,10 +116,24 @@ def unfreeze_and_add_param_group(
     train_bn: bool = True,
 ) -> None:
     """Unfreeze ``modules`` and add their parameters to ``optimizer`` as a new group, at ``lr`` (default: the
-    first group's learning rate divided by ``initial_denom_lr``)."""
+    first group's learning rate divided by ``initial_denom_lr``). Every argument is checked before anything is
+    unfrozen, so a mistake leaves the model as it was."""
+    owner = "unfreeze_and_add_param_group"
+    modules = check_modules(f"{owner}(modules)", modules)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigurationError(
+            f"{owner}(optimizer={show(optimizer)}) must be a torch.optim.Optimizer; got {type(optimizer).__name__}."
+        )
+    lr = check_number(f"{owner}(lr)", lr, optional=True, finite=True)
+    if lr is not None and lr < 0:
+        raise ConfigurationError(f"{owner}(lr={lr}) must be >= 0, or None (the first group's lr / initial_denom_lr).")
+    denominator = check_number(f"{owner}(initial_denom_lr)", initial_denom_lr, finite=True)
+    if not denominator or denominator <= 0:
+        raise ConfigurationError(f"{owner}(initial_denom_lr={initial_denom_lr!r}) must be a finite number > 0.")
+    train_bn = check_bool(f"{owner}(train_bn)", train_bn)
     make_trainable(modules)
-    group_lr = optimizer.param_groups[0]["lr"] if lr is None else float(lr)
-    denominator = initial_denom_lr if lr is None else 1.0
+    group_lr = optimizer.param_groups[0]["lr"] if lr is None else lr
+    denominator = denominator if lr is None else 1.0
     params = filter_on_optimizer(optimizer, filter_params(modules, train_bn=train_bn, requires_grad=True))
     if params:
         optimizer.add_param_group({"params": params, "lr": group_lr / denominator})

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.model.callback import Callback
+from prec.training.checks import check_bool
 
 if TYPE_CHECKING:
     from prec.model.module import TrainingModule
@@ -35,13 +36,15 @@ class LearningRateMonitor(Callback):
     def __init__(
         self, logging_interval: str | None = None, log_momentum: bool = False, log_weight_decay: bool = False
     ) -> None:
-        if logging_interval not in (None, "step", "epoch"):
+        if logging_interval is not None and not (
+            isinstance(logging_interval, str) and logging_interval in ("step", "epoch")
+        ):
             raise ConfigurationError(
                 f"LearningRateMonitor(logging_interval={logging_interval!r}) must be 'step', 'epoch' or None."
             )
         self.logging_interval = logging_interval
-        self.log_momentum = log_momentum
-        self.log_weight_decay = log_weight_decay
+        self.log_momentum = check_bool("LearningRateMonitor(log_momentum)", log_momentum)
+        self.log_weight_decay = check_bool("LearningRateMonitor(log_weight_decay)", log_weight_decay)
         #: Every value logged, by name (for inspection and tests).
         self.lrs: dict[str, list[float]] = {}
         #: The last momentum and weight decay logged, by logged name (``lr-SGD-momentum`` …), as in Lightning.

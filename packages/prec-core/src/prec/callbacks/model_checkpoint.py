@@ -16,9 +16,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from prec._warnings import warn
 from prec.errors import ConfigurationError, PrecWarning
+from prec.loggers._paths import check_path, check_writable
 from prec.model.callback import Callback
+from prec.training.checks import check_bool, check_choice, check_int, check_metric_name, check_optional_int
 
 if TYPE_CHECKING:
     from prec.model.module import StepOutput, TrainingModule
@@ -58,16 +62,22 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = -1,
         save_last: bool = False,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ConfigurationError(f"ModelCheckpoint(mode={mode!r}) must be 'min' or 'max'.")
-        if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ConfigurationError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1.")
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (not isinstance(value, int) or value < -1):
-                raise ConfigurationError(f"ModelCheckpoint({name}={value!r}) must be a non-negative int or None.")
+        owner = "ModelCheckpoint"
+        dirpath = check_path(f"{owner}(dirpath)", dirpath, none="{default_root_dir}/checkpoints")
+        _check_filename(filename)
+        monitor = check_metric_name(f"{owner}(monitor)", monitor, optional=True)
+        mode = check_choice(f"{owner}(mode)", mode, ("min", "max"))
+        save_top_k = check_int(f"{owner}(save_top_k)", save_top_k, -1, "an int >= -1 (-1: keep all)")
+        every_n_train_steps = check_optional_int(
+            f"{owner}(every_n_train_steps)", every_n_train_steps, 0, "an int >= 0, or None"
+        )
+        every_n_epochs = check_optional_int(
+            f"{owner}(every_n_epochs)", every_n_epochs, -1, "an int >= 0, or None (0 or None: never at epoch end)"
+        )
+        save_last = check_bool(f"{owner}(save_last)", save_last)
         if every_n_epochs == -1:  # not given: end-of-epoch saves only when no step interval is set
             every_n_epochs = None if every_n_train_steps else 1
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.dirpath = dirpath
         self.filename = filename
         self.monitor = monitor
         self.mode = mode
@@ -86,12 +96,23 @@ class ModelCheckpoint(Callback):
         self._warned_unsynced = False
 
     # -- hooks ----------------------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: TrainerView, module: TrainingModule, stage: str) -> None:
+        """Fix the folder and, before ``fit`` trains, test-write it: a read-only or full disk fails now, not at
+        the first save."""
         if self.dirpath is None:  # Lightning's default: the first logger's version folder, so runs never mix
             log_dir = getattr(trainer.logger, "log_dir", None)
             where = Path(log_dir) if log_dir is not None else trainer.default_root_dir
             self.dirpath = Path(trainer.strategy.broadcast(str(where / "checkpoints")))  # rank zero's version
+        if stage == "fit" and trainer.is_global_zero:
+            check_writable(
+                self.dirpath,
+                "ModelCheckpoint",
+                "Pass a writable ModelCheckpoint(dirpath=...) (or default_root_dir= to the Trainer), free some space,"
+                " or pass enable_checkpointing=False.",
+            )
 
+    @override
     def on_train_batch_end(
         self, trainer: TrainerView, module: TrainingModule, outputs: StepOutput, batch: Any, batch_idx: int
     ) -> None:
@@ -99,6 +120,7 @@ class ModelCheckpoint(Callback):
         if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self._last_step_saved:
             self.save(trainer, trainer.current_epoch)
 
+    @override
     def on_train_epoch_completed(self, trainer: TrainerView, module: TrainingModule) -> None:
         finished = trainer.current_epoch - 1
         if self.every_n_epochs and (finished + 1) % self.every_n_epochs == 0:
@@ -205,6 +227,7 @@ class ModelCheckpoint(Callback):
         return score < other if self.mode == "min" else score > other
 
     # -- state ----------------------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "monitor": self.monitor,
@@ -216,6 +239,7 @@ class ModelCheckpoint(Callback):
             "latest_path": self.latest_path,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("monitor") != self.monitor:
             return  # a different ranking: start a fresh top K
@@ -225,6 +249,34 @@ class ModelCheckpoint(Callback):
         self.best_model_score = state_dict.get("best_model_score")
         self.last_model_path = state_dict.get("last_model_path", "")
         self.latest_path = state_dict.get("latest_path", "")
+
+
+def _check_filename(filename: object) -> None:
+    """A pattern of text whose ``{fields}`` are well formed (what is logged is known only when saving)."""
+    if not isinstance(filename, str) or not filename.strip() or "\x00" in filename:
+        raise ConfigurationError(
+            f"ModelCheckpoint(filename={filename!r}) must be a non-empty str pattern such as '{{epoch}}-{{step}}'."
+        )
+    stray = _FIELD.sub("", filename)
+    if "{" in stray or "}" in stray:
+        raise ConfigurationError(
+            f"ModelCheckpoint(filename={filename!r}) has an unmatched brace; fields look like {{epoch}} or"
+            " {val_loss:.3f}."
+        )
+    for match in _FIELD.finditer(filename):
+        if not any(_formats(number, (match.group(2) or ":")[1:]) for number in (0, 0.0)):  # epoch/step are ints
+            raise ConfigurationError(
+                f"ModelCheckpoint(filename={filename!r}): {match.group(0)} has a format Python cannot apply to a"
+                " number; use one such as {val_loss:.3f}."
+            )
+
+
+def _formats(number: float, spec: str) -> bool:
+    try:
+        format(number, spec)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _remove(path: Path) -> None:

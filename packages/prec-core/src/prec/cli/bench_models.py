@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prec.errors import ConfigurationError
+from prec.names import readable_list
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +165,13 @@ def select_targets(accelerator_name: str, precisions: Sequence[str] | None) -> t
     accelerator = accelerator or registry.auto_accelerator()
     available = registry.supported_precisions(accelerator.name)
     chosen = list(available) if precisions is None else [registry.normalize(name) for name in precisions]
+    for name in chosen:
+        if name not in available:
+            registry.precision_entry(name, accelerator.name)  # raises the Trainer's reason, with what to install
     missing = [name for name in chosen if name not in available]
-    if missing:
-        raise ConfigurationError(f"{missing} not available on {accelerator.name}; available: {', '.join(available)}.")
+    if missing:  # registered, but not among the pairs this accelerator offers here
+        raise ConfigurationError(
+            f"precision {', '.join(map(repr, missing))} is not available on {accelerator.name};"
+            f" available: {readable_list(available)}."
+        )
     return accelerator, chosen

@@ -56,8 +56,22 @@ def render(data: dict[str, Any]) -> str:
         ),
         f"Recommended: {data['recommendation']['precision']} ({data['recommendation']['reason']})",
         f"precision='auto' picks {data['auto']['precision']} here: {data['auto']['reason']}",
+        *_why_they_differ(data),
     ]
     return "\n".join(lines)
+
+
+def _why_they_differ(data: dict[str, Any]) -> list[str]:
+    """One sentence when the measured recommendation and ``precision="auto"`` disagree, so the reader knows which
+    to follow: ``auto`` decides from the hardware alone, before any step runs; the recommendation measured this
+    model on this machine."""
+    recommended, auto = data["recommendation"]["precision"], data["auto"]["precision"]
+    if recommended is None or recommended == auto:
+        return []
+    return [
+        f"They differ because precision='auto' decides from the hardware alone, before any step runs, while"
+        f" {recommended} was measured on this model here: for this model pass precision={recommended!r}."
+    ]
 
 
 def _yes(value: bool | None) -> str:

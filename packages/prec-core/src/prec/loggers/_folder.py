@@ -7,7 +7,10 @@ from pathlib import Path
 
 from prec.errors import ConfigurationError
 from prec.loggers._buffer import RowBuffer
-from prec.loggers._protocol import check_writable, version_dir
+from prec.loggers._paths import check_path, check_writable
+from prec.loggers._protocol import version_dir
+
+_REMEDY = "Pass a writable save_dir= (or default_root_dir= to the Trainer), free some space, or pass logger=False."
 
 
 class FolderLogger(RowBuffer):
@@ -23,10 +26,11 @@ class FolderLogger(RowBuffer):
         version: int | str | None,
         flush_every_n_steps: int,
     ) -> None:
+        owner = type(self).__name__
         super().__init__(flush_every_n_steps)
-        self.save_dir = Path(save_dir) if save_dir is not None else None
-        self.name = name
-        self._version = version
+        self.save_dir = check_path(f"{owner}(save_dir)", save_dir, none="the Trainer's default_root_dir")
+        self.name = _check_name(owner, name)
+        self._version = _check_version(owner, version)
         self.enabled = True
         self._resolved_dir: Path | None = None
 
@@ -36,7 +40,7 @@ class FolderLogger(RowBuffer):
             self.save_dir = Path(root_dir)
         self.enabled = is_global_zero
         if is_global_zero:
-            check_writable(self.log_dir, type(self).__name__)
+            check_writable(self.log_dir, type(self).__name__, _REMEDY)
 
     @property
     def log_dir(self) -> Path:
@@ -47,3 +51,27 @@ class FolderLogger(RowBuffer):
                 )
             self._resolved_dir = version_dir(self.save_dir, self.name, self._version, self.marker)
         return self._resolved_dir
+
+
+def _check_name(owner: str, name: object) -> str:
+    """The experiment's subfolder: one folder name (``""``: straight under ``save_dir``, as in Lightning)."""
+    if not isinstance(name, str):
+        raise ConfigurationError(f"{owner}(name={name!r}) must be a folder name (str); got {type(name).__name__}.")
+    if name:
+        check_path(f"{owner}(name)", name)
+    return name
+
+
+def _check_version(owner: str, version: object) -> int | str | None:
+    """An int >= 0 (``version_{n}``), a folder name, or ``None`` (the next free ``version_{n}``)."""
+    if version is None:
+        return None
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+        return version
+    if isinstance(version, str) and version:
+        check_path(f"{owner}(version)", version)
+        return version
+    raise ConfigurationError(
+        f"{owner}(version={version!r}) must be an int >= 0 (version_{{n}}), a folder name (str) or None (the next"
+        " free version_{n})."
+    )

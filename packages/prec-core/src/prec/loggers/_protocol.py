@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, runtime_checkable
-
-from prec.errors import ConfigurationError
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -47,27 +43,3 @@ def version_dir(save_dir: Path, name: str, version: int | str | None, taken: str
         ]
         version = max(used, default=-1) + 1
     return root / (f"version_{version}" if isinstance(version, int) else str(version))
-
-
-def check_writable(directory: Path, owner: str) -> None:
-    """Create ``directory`` and write a small file in it, so a read-only or full disk fails at the run's start."""
-    probe = directory / f".write-check.{os.getpid()}.tmp"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with probe.open("wb") as handle:
-            handle.write(b"\0" * 4096)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise_unwritable(directory, owner, error)
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
-def raise_unwritable(directory: Path, owner: str, error: OSError) -> NoReturn:
-    reason = error.strerror or type(error).__name__
-    raise ConfigurationError(
-        f"{owner} cannot write its logs to {directory}: {reason}. Pass a writable save_dir= (or"
-        " default_root_dir= to the Trainer), free some space, or pass logger=False."
-    ) from error

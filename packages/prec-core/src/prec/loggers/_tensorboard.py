@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.loggers._folder import FolderLogger
+from prec.loggers._paths import raise_full
 
 
 class TensorBoardLogger(FolderLogger):
@@ -40,6 +42,11 @@ class TensorBoardLogger(FolderLogger):
         hparams: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(save_dir, name, version, flush_every_n_steps)
+        if hparams is not None and not isinstance(hparams, Mapping):
+            raise ConfigurationError(
+                f"TensorBoardLogger(hparams={hparams!r}) must be a dict of names to values, or None;"
+                f" got {type(hparams).__name__}."
+            )
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - fail here, not at the run's start
         except ImportError as error:
@@ -82,19 +89,27 @@ class TensorBoardLogger(FolderLogger):
         self.experiment.add_hparams(flat, {}, run_name=".")  # ".": the run's own folder, not a timestamped one
 
     def flush(self) -> None:
+        """Write the buffered rows; a full disk (reported by the writer's thread at the next write or flush) is a
+        :class:`~prec.StorageFullError` that stops the run."""
         rows = self.take_rows()
         if not self.enabled:
             return
-        for step, epoch, values in rows:
-            self.log_metrics({**values, "epoch": float(epoch)}, step)
-        if self._writer is not None:
-            self._writer.flush()
+        try:
+            for step, epoch, values in rows:
+                self.log_metrics({**values, "epoch": float(epoch)}, step)
+            if self._writer is not None:
+                self._writer.flush()
+        except OSError as error:
+            raise_full(error, "TensorBoardLogger", self.log_dir, len(rows))
 
     def finalize(self, status: str) -> None:
-        self.flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                with contextlib.suppress(OSError):  # a full disk was reported by flush(); close what is open
+                    writer.close()
 
     def __repr__(self) -> str:
         return f"TensorBoardLogger(save_dir={str(self.save_dir)!r}, name={self.name!r})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from prec._warnings import warn
@@ -231,6 +232,12 @@ def resolve_dataloaders(stage: str, model: Any, datamodule: Any = None, *loaders
 
 
 def _check_iterable(where: str, loader: Any) -> None:
+    if isinstance(loader, torch.Tensor) or type(loader).__module__ == "numpy":
+        raise ConfigurationError(
+            f"{where} got a {type(loader).__name__} of shape {tuple(loader.shape)}; iterating it would give rows,"
+            " not batches. Pass a DataLoader: torch.utils.data.DataLoader(TensorDataset(inputs, targets),"
+            " batch_size=...)."
+        )
     if isinstance(loader, (str, bytes, Dataset)) and not isinstance(loader, IterableDataset):
         kind = type(loader).__name__
         raise ConfigurationError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,14 +114,10 @@ class SlowPluginWatch:
 
     @contextlib.contextmanager
     def watch(self, plugin: str, what: str) -> Iterator[None]:
+        torch_was_loaded = "torch" in sys.modules
+
         def report() -> None:
-            print(
-                f"prec: still {what} plugin {plugin!r} after {self.seconds:g} s. If it hangs, skip it with"
-                f" PREC_DISABLED_PLUGINS={plugin} (or PREC_DISABLE_PLUGIN_AUTOLOAD=1 to load none);"
-                f" {SLOW_PLUGIN_VARIABLE} sets when this message appears.",
-                file=self.stream,
-                flush=True,
-            )
+            print(self.message(plugin, what, torch_was_loaded), file=self.stream, flush=True)
 
         timer = threading.Timer(self.seconds, report)
         timer.daemon = True
@@ -129,3 +126,26 @@ class SlowPluginWatch:
             yield
         finally:
             timer.cancel()
+
+    def message(self, plugin: str, what: str, torch_was_loaded: bool) -> str:
+        """What is slow, truthfully: a plugin that imports torch for the first time waits for torch, which takes
+        many seconds on a busy machine or a cold disk; that is not the plugin hanging."""
+        if not torch_was_loaded and importing_torch():
+            return (
+                f"prec: importing torch (first use, for plugin {plugin!r}) has taken more than {self.seconds:g} s;"
+                " torch's first import is slow on a busy machine or a cold disk. This is torch, not the plugin:"
+                f" waiting is all there is to do. {SLOW_PLUGIN_VARIABLE} sets when this message appears."
+            )
+        note = "" if torch_was_loaded or "torch" not in sys.modules else " (torch, imported by it first, is loaded)"
+        return (
+            f"prec: still {what} plugin {plugin!r} after {self.seconds:g} s{note}. If it hangs, skip it with"
+            f" PREC_DISABLED_PLUGINS={plugin} (or PREC_DISABLE_PLUGIN_AUTOLOAD=1 to load none);"
+            f" {SLOW_PLUGIN_VARIABLE} sets when this message appears."
+        )
+
+
+def importing_torch() -> bool:
+    """Whether ``import torch`` is running right now (its module exists but has not finished executing)."""
+    module = sys.modules.get("torch")
+    spec = getattr(module, "__spec__", None)
+    return module is not None and bool(getattr(spec, "_initializing", False))

@@ -7,7 +7,7 @@ import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prec.names import AUTO
+from prec.names import AUTO, readable_list
 from prec.plugin import catalogue
 from prec.plugin.entries import ACCELERATOR, PRECISION, PluginInfo, key_text, normalize_distribution
 
@@ -29,7 +29,7 @@ class Explanations:
 
     def _missing_accelerator_message(self, name: str, canonical: str) -> str:
         installed = sorted(self.accelerators)
-        message = f"accelerator={name!r} is not installed. Installed accelerators: {', '.join(installed) or 'none'}."
+        message = f"accelerator={name!r} is not installed. Installed accelerators: {readable_list(installed)}."
         package = catalogue.package_for_accelerator(canonical)
         if package:
             message += self._install_hint(package)
@@ -51,8 +51,8 @@ class Explanations:
             message += self._install_hint(package)
         elsewhere = sorted(acc for n, acc in self.precisions if n == name)
         if elsewhere and not gap:
-            message += f" {name} is available on: {', '.join(elsewhere)}."
-        message += f" Supported on {accelerator}: {', '.join(supported) or 'nothing installed'}."
+            message += f" {name} is available on: {readable_list(elsewhere)}."
+        message += f" Supported on {accelerator}: {readable_list(supported, empty='nothing installed')}."
         wanted = (PRECISION, key_text((name, accelerator)))
         return message + self.plugin_note(PRECISION, lambda item: item == wanted, package)
 
@@ -79,9 +79,9 @@ class Explanations:
                 certain.append(f"{info.origin}, which is disabled ({info.reason})")
         note = ""
         if certain:
-            note = f" The {kind} would have come from {'; '.join(certain)}."
+            note = f" The {kind} would have come from {readable_list(certain)}."
         elif possible:
-            note = f" These plugins failed to load and may have provided it: {'; '.join(possible)}."
+            note = f" These plugins failed to load and may have provided it: {readable_list(possible, 5)}."
         if self.autoload_disabled:
             note += " PREC_DISABLE_PLUGIN_AUTOLOAD is set: installed plugins were not loaded."
         return note

@@ -16,9 +16,26 @@ from types import MappingProxyType
 ACCELERATOR_PACKAGES: Mapping[str, str] = MappingProxyType({"cpu": "prec-cpu", "cuda": "prec-cuda", "xla": "prec-xla"})
 #: Alias -> accelerator name, for the first-party accelerators (each also declares them on its class).
 ACCELERATOR_ALIASES: Mapping[str, str] = MappingProxyType({"gpu": "cuda", "tpu": "xla"})
+#: Precision name -> the first-party distribution that adds it (names prec-core itself does not know), so
+#: ``precision="fp8-mixed"`` without prec-torchao says what to install instead of "not a precision name".
+PRECISION_PACKAGES: Mapping[str, str] = MappingProxyType(
+    {
+        **dict.fromkeys(("fp8-mixed", "fp8-bf16-true", "mxfp8-mixed", "int8-mixed"), "prec-torchao"),
+        **dict.fromkeys(
+            ("bnb-nf4", "bnb-nf4-dq", "bnb-fp4", "bnb-fp4-dq", "bnb-int8", "bnb-int8-training"), "prec-bnb"
+        ),
+        "64-true": "prec-double",
+    }
+)
 #: (precision, accelerator) -> the first-party distribution that registers the pair.
 PAIR_PACKAGES: Mapping[tuple[str, str], str] = MappingProxyType(
     {
+        **{
+            (name, accelerator): package
+            for name, package in PRECISION_PACKAGES.items()
+            if package != "prec-double"
+            for accelerator in ("cpu", "cuda")
+        },
         **{(name, "cpu"): "prec-cpu" for name in ("bf16-mixed", "16-true", "bf16-true", "32-true")},
         **{(name, "cuda"): "prec-cuda" for name in ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true")},
         **{(name, "xla"): "prec-xla" for name in ("bf16-mixed", "16-true", "bf16-true", "32-true")},
@@ -54,3 +71,8 @@ def package_for_accelerator(accelerator: str) -> str | None:
     """The first-party distribution that registers ``accelerator`` (a name or an alias), or ``None``."""
     name = accelerator.lower()
     return ACCELERATOR_PACKAGES.get(ACCELERATOR_ALIASES.get(name, name))
+
+
+def package_for_precision(precision: str) -> str | None:
+    """The first-party distribution that adds the precision name ``precision`` (on any accelerator), or ``None``."""
+    return PRECISION_PACKAGES.get(precision)

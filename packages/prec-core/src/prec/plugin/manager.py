@@ -37,6 +37,7 @@ import pluggy
 import prec.hookspecs as hookspecs
 from prec._warnings import warn
 from prec.errors import PluginError, PluginWarning
+from prec.names import readable_list
 from prec.plugin import _verify
 from prec.plugin._discovery import EntryPointInfo, SlowPluginWatch, distribution_version, scan_entry_points
 from prec.plugin._registration import HOOK_ORDER, hook_problem, register_callables
@@ -364,5 +365,5 @@ def _load_entry_points(loader: _Loader) -> None:
             installed = sorted({point.name for point in points} | {point.distribution or "" for point in points} - {""})
             loader.problem(
                 f"{variable} names {', '.join(map(repr, unknown))}, which no installed prec plugin matches"
-                f" (installed plugins and distributions: {', '.join(installed) or 'none'})."
+                f" (installed plugins and distributions: {readable_list(installed)})."
             )

@@ -32,7 +32,7 @@ from prec.errors import (
     UnsupportedPrecisionError,
 )
 from prec.hookspecs import RegisterAccelerator, RegisterPrecision, RegisterStrategy
-from prec.names import AUTO, CANONICAL_PRECISIONS, normalize_precision
+from prec.names import AUTO, CANONICAL_PRECISIONS, normalize_precision, readable_list
 from prec.plugin import catalogue
 from prec.plugin._conflict_rule import override_message, resolve
 from prec.plugin._explain import Explanations
@@ -164,7 +164,7 @@ class Registry(Explanations):
         if not isinstance(accelerator, str) or not accelerator.strip():
             raise ConfigurationError(
                 f"accelerator={accelerator!r} must be an accelerator name such as 'auto', 'cpu', 'cuda' or 'gpu'"
-                f" (installed: {', '.join(sorted(self.accelerators)) or 'none'}), or a prec.Accelerator."
+                f" (installed: {readable_list(sorted(self.accelerators))}), or a prec.Accelerator."
             )
         return self.available_accelerator(accelerator)
 
@@ -209,7 +209,7 @@ class Registry(Explanations):
                 return accelerator
         raise UnknownAcceleratorError(
             "accelerator='auto' found no available accelerator."
-            + (f" Installed: {', '.join(sorted(self.accelerators))}." if self.accelerators else "")
+            + (f" Installed: {readable_list(sorted(self.accelerators))}." if self.accelerators else "")
             + " Install one, e.g. `pip install prec-cpu`."
             + self.plugin_note(ACCELERATOR, lambda item: item[0] == ACCELERATOR)
         )
@@ -228,7 +228,8 @@ class Registry(Explanations):
             if conflict is not None:
                 raise UnknownPrecisionError(str(conflict))
         try:
-            name = normalize_precision(value, self.precision_names())
+            # A first-party name whose package is missing is known: the lookup then says what to install.
+            name = normalize_precision(value, [*self.precision_names(), *catalogue.PRECISION_PACKAGES])
         except UnknownPrecisionError as error:
             note = self.plugin_note(PRECISION, lambda item: item[0] == PRECISION and item[1].split("@")[0] == value)
             if note:
@@ -348,7 +349,7 @@ class Registry(Explanations):
             raise UnknownStrategyError(str(conflict))
         entry = self.strategies.get(name)
         if entry is None:
-            available = ", ".join(sorted(self.strategies)) or "none"
+            available = readable_list(sorted(self.strategies))
             match = difflib.get_close_matches(name, list(self.strategies), n=1, cutoff=0.6)
             hint = f" Did you mean {match[0]!r}?" if match else ""
             note = self.plugin_note(STRATEGY, lambda item: item == (STRATEGY, name))
@@ -359,12 +360,12 @@ class Registry(Explanations):
         if entry.accelerators is not None and accelerator not in entry.accelerators:
             raise ConfigurationError(
                 f"strategy={entry.name!r} does not run on accelerator {accelerator!r};"
-                f" it supports: {', '.join(sorted(entry.accelerators))}."
+                f" it supports: {readable_list(sorted(entry.accelerators))}."
             )
         if entry.precisions is not None and precision not in entry.precisions:
             raise ConfigurationError(
                 f"strategy={entry.name!r} does not support precision {precision!r};"
-                f" it supports: {', '.join(sorted(entry.precisions))}."
+                f" it supports: {readable_list(sorted(entry.precisions))}."
             )
 
 

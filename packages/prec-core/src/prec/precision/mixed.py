@@ -73,6 +73,7 @@ class MixedPrecision(Precision):
             self.min_scale = float(scaler_options.pop("min_scale", DEFAULT_MIN_SCALE))
             scaler = torch.amp.GradScaler(device_type, **scaler_options)
         elif scaler_options:
+            check_options(name, scaler_options, SCALER_SETTINGS, note=_NOT_SCALER_OPTION)  # unknown: say so
             raise ConfigurationError(
                 f"{name} has no grad scaler, so {sorted(scaler_options)} cannot be applied."
                 if not scaler
@@ -259,10 +260,16 @@ class MixedPrecision(Precision):
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+_NOT_SCALER_OPTION = (
+    "; MixedPrecision(...) takes only grad-scaler settings as extra keywords (keep_float32 and the other"
+    " precision options are applied by prec.precision.standard.build_mixed)"
+)
+
+
 def _check_scaler_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown or out-of-range scaler options here, with the option's name, instead of torch's bare
     ``TypeError``/``AssertionError`` (or a scale that silently never changes)."""
-    note = " (for no loss scaling use precision='bf16-mixed')" if "enabled" in options else ""
+    note = " (for no loss scaling use precision='bf16-mixed')" if "enabled" in options else _NOT_SCALER_OPTION
     checked = check_options(name, options, SCALER_SETTINGS, note=note)
     init_scale = checked.get("init_scale", DEFAULT_INIT_SCALE)
     if checked.get("min_scale", DEFAULT_MIN_SCALE) > init_scale:

@@ -10,31 +10,41 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
-import numbers
-import os
-import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from prec._warnings import warn
 from prec.accelerator import Accelerator, DeviceRequest, normalize_devices
-from prec.errors import ConfigurationError
+from prec.errors import ConfigurationError, PrecWarning
 from prec.loggers import LoggerGroup, resolve_loggers
+from prec.loggers._paths import check_path
 from prec.model.callback import Callback
 from prec.precision import Precision
 from prec.strategies.base import Strategy
+from prec.training.checks import (
+    check_accelerator,
+    check_bool,
+    check_clipping,
+    check_int,
+    check_limit,
+    check_optional_int,
+    show,
+)
 from prec.training.left_out import LEFT_OUT
 
 __all__ = [
     "LEFT_OUT",
     "TrainerConfig",
     "check_accelerator",
+    "check_ckpt_path",
     "check_clipping",
     "check_limit",
     "reject_unknown_arguments",
+    "warn_empty_epoch",
+    "warn_if_resumed_past_limits",
 ]
 
 #: ``max_epochs`` when neither ``max_epochs`` nor ``max_steps`` is given (as in Lightning).
@@ -92,29 +102,33 @@ class TrainerConfig:
             "precision": self.precision,  # names are resolved by the registry, which knows the plugins' names
             "plugins": _check_plugins(self.plugins),
             "strategy": _check_strategy(self.strategy),
-            "num_nodes": _int("num_nodes", self.num_nodes, 1, "an int >= 1"),
-            "max_epochs": _optional_int("max_epochs", self.max_epochs, 0, "an int >= 0, or None"),
-            "min_epochs": _optional_int("min_epochs", self.min_epochs, 0, "an int >= 0, or None"),
+            "num_nodes": check_int("num_nodes", self.num_nodes, 1, "an int >= 1"),
+            "max_epochs": check_optional_int("max_epochs", self.max_epochs, 0, "an int >= 0, or None"),
+            "min_epochs": check_optional_int("min_epochs", self.min_epochs, 0, "an int >= 0, or None"),
             "max_steps": _max_steps(self.max_steps),
-            "min_steps": _optional_int("min_steps", self.min_steps, 0, "an int >= 0, or None"),
+            "min_steps": check_optional_int("min_steps", self.min_steps, 0, "an int >= 0, or None"),
             "limit_train_batches": check_limit("limit_train_batches", self.limit_train_batches),
             "limit_val_batches": check_limit("limit_val_batches", self.limit_val_batches),
             "limit_test_batches": check_limit("limit_test_batches", self.limit_test_batches),
             "limit_predict_batches": check_limit("limit_predict_batches", self.limit_predict_batches),
-            "check_val_every_n_epoch": _int("check_val_every_n_epoch", self.check_val_every_n_epoch, 1, "an int >= 1"),
+            "check_val_every_n_epoch": check_int(
+                "check_val_every_n_epoch", self.check_val_every_n_epoch, 1, "an int >= 1"
+            ),
             "val_check_interval": _val_check_interval(self.val_check_interval),
-            "num_sanity_val_steps": _int(
+            "num_sanity_val_steps": check_int(
                 "num_sanity_val_steps", self.num_sanity_val_steps, -1, "an int >= 0, or -1 (every validation batch)"
             ),
-            "log_every_n_steps": _int("log_every_n_steps", self.log_every_n_steps, 1, "an int >= 1"),
-            "accumulate_grad_batches": _int("accumulate_grad_batches", self.accumulate_grad_batches, 1, "an int >= 1"),
+            "log_every_n_steps": check_int("log_every_n_steps", self.log_every_n_steps, 1, "an int >= 1"),
+            "accumulate_grad_batches": check_int(
+                "accumulate_grad_batches", self.accumulate_grad_batches, 1, "an int >= 1"
+            ),
             "fast_dev_run": _fast_dev_run(self.fast_dev_run),
             "deterministic": _deterministic(self.deterministic),
             "logger": _check_logger(self.logger),
             "callbacks": _check_callbacks(self.callbacks),
-            "enable_progress_bar": _bool("enable_progress_bar", self.enable_progress_bar),
-            "enable_checkpointing": _bool("enable_checkpointing", self.enable_checkpointing),
-            "enable_model_summary": _bool("enable_model_summary", self.enable_model_summary),
+            "enable_progress_bar": check_bool("enable_progress_bar", self.enable_progress_bar),
+            "enable_checkpointing": check_bool("enable_checkpointing", self.enable_checkpointing),
+            "enable_model_summary": check_bool("enable_model_summary", self.enable_model_summary),
             "default_root_dir": _root_dir(self.default_root_dir),
             "precision_options": _precision_options(self.precision_options),
             "nonfinite": _nonfinite(self.nonfinite),
@@ -187,6 +201,34 @@ class TrainerConfig:
         return tuple(item.name for item in fields(cls))
 
 
+def warn_if_resumed_past_limits(
+    max_steps: int, max_epochs: int | None, global_step: int, current_epoch: int, ckpt_path: object
+) -> None:
+    """A resumed run whose counters already reach ``max_steps``/``max_epochs`` trains nothing: say so, rather
+    than end ``fit`` silently (Lightning reports the same stop)."""
+    reached = []
+    if max_steps != -1 and global_step >= max_steps:
+        reached.append(f"global_step={global_step} >= max_steps={max_steps}")
+    if max_epochs is not None and current_epoch >= max_epochs:
+        reached.append(f"epoch {current_epoch} >= max_epochs={max_epochs}")
+    if reached:
+        warn(
+            f"fit(ckpt_path={str(ckpt_path)!r}) resumes a run that is already finished ({'; '.join(reached)}):"
+            " no training step will run. Raise max_steps / max_epochs to train further.",
+            PrecWarning,
+        )
+
+
+def warn_empty_epoch(max_steps: int) -> None:
+    """An epoch without a batch under ``max_steps`` alone would repeat forever: ``fit`` stops and says why."""
+    warn(
+        f"fit() stopped: the training loader gave no batch in an epoch, so max_steps={max_steps} could never be"
+        " reached (no max_epochs is set). Check the loader: an empty dataset, or drop_last=True with fewer samples"
+        " than batch_size.",
+        PrecWarning,
+    )
+
+
 def reject_unknown_arguments(unknown: Mapping[str, Any]) -> None:
     """Turn keyword arguments the Trainer does not take into one ConfigurationError (never a ``TypeError``).
 
@@ -209,71 +251,10 @@ def reject_unknown_arguments(unknown: Mapping[str, Any]) -> None:
     raise ConfigurationError("\n".join(lines))
 
 
-def check_accelerator(value: object) -> str | Accelerator:
-    """An accelerator instance as is, or a name in lower case (``"Auto"`` works like ``"auto"``)."""
-    if isinstance(value, Accelerator):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(
-            f"accelerator={_show(value)} must be an accelerator name such as 'cpu', 'gpu' or 'auto',"
-            " or a prec.Accelerator instance."
-        )
-    return value.strip().lower()
-
-
-def check_clipping(value: object, algorithm: object) -> tuple[float | None, str | None]:
-    """``0`` means no clipping, like ``None``; a bad value or algorithm is a ConfigurationError now, not later."""
-    if value is not None and (not _is_real(value) or not 0 <= value < math.inf):  # type: ignore[operator]
-        raise ConfigurationError(
-            f"gradient_clip_val={_show(value)} must be a finite number >= 0 (0 or None: no clipping)."
-        )
-    if algorithm is not None:
-        if not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value"):
-            raise ConfigurationError(f"gradient_clip_algorithm={_show(algorithm)} must be 'norm' or 'value'.")
-        algorithm = algorithm.lower()
-    return (float(value) if value else None), algorithm  # type: ignore[arg-type]
-
-
-def check_limit(name: str, value: object) -> int | float | None:
-    """A batch limit: an int (batches), a float in [0, 1] (a fraction of the loader) or None (all batches)."""
-    if value is None:
-        return None
-    if _is_int(value):
-        if int(value) < 0:  # type: ignore[call-overload]
-            raise ConfigurationError(f"{name}={value} must be >= 0.")
-        return int(value)  # type: ignore[call-overload]
-    if not _is_real(value):
-        raise ConfigurationError(
-            f"{name}={_show(value)} must be an int (batches), a float in [0, 1] (fraction) or None (all)."
-        )
-    if not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
-        raise ConfigurationError(f"{name}={value} as a fraction must lie in [0, 1]; pass an int for a batch count.")
-    return float(value)  # type: ignore[arg-type]
-
-
-# -- one check per kind of argument ---------------------------------------------------------------------------
-def _int(name: str, value: object, minimum: int, accepted: str) -> int:
-    if not _is_int(value):
-        hint = ""
-        if _is_real(value) and float(value).is_integer():  # type: ignore[arg-type]
-            hint = f" Did you mean {name}={int(value)}?"  # type: ignore[call-overload]
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            hint = f" Did you mean {name}={int(value)}? (a number, not a string)"
-        raise ConfigurationError(f"{name}={_show(value)} must be {accepted}.{hint}")
-    number = int(value)  # type: ignore[call-overload]
-    if number < minimum:
-        raise ConfigurationError(f"{name}={number} must be {accepted}.")
-    return number
-
-
-def _optional_int(name: str, value: object, minimum: int, accepted: str) -> int | None:
-    return None if value is None else _int(name, value, minimum, accepted)
-
-
 def _max_steps(value: object) -> int:
     if value is None:
         return -1  # as in Lightning 1.x: no step limit
-    return _int("max_steps", value, -1, "an int >= 0, or -1 / None for no step limit")
+    return check_int("max_steps", value, -1, "an int >= 0, or -1 / None for no step limit")
 
 
 def _val_check_interval(value: object) -> int | float | None:
@@ -286,19 +267,13 @@ def _val_check_interval(value: object) -> int | float | None:
 def _fast_dev_run(value: object) -> int:
     if isinstance(value, bool):
         return int(value)
-    return _int("fast_dev_run", value, 0, "a bool or an int >= 0 (batches per stage; 0/False: off)")
+    return check_int("fast_dev_run", value, 0, "a bool or an int >= 0 (batches per stage; 0/False: off)")
 
 
 def _deterministic(value: object) -> bool | Literal["warn"] | None:
     if value is None or isinstance(value, bool) or (isinstance(value, str) and value == "warn"):
         return value  # type: ignore[return-value]
-    raise ConfigurationError(f"deterministic={_show(value)} must be True, False, 'warn' or None (leave torch as is).")
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name}={_show(value)} must be True or False.")
-    return value
+    raise ConfigurationError(f"deterministic={show(value)} must be True, False, 'warn' or None (leave torch as is).")
 
 
 def _check_strategy(value: object) -> str | Strategy:
@@ -306,7 +281,7 @@ def _check_strategy(value: object) -> str | Strategy:
         return value
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(
-            f"strategy={_show(value)} must be a strategy name such as 'auto', 'single', 'ddp' or 'fsdp',"
+            f"strategy={show(value)} must be a strategy name such as 'auto', 'single', 'ddp' or 'fsdp',"
             " or a prec.Strategy instance."
         )
     return value.strip().lower()
@@ -319,10 +294,10 @@ def _check_plugins(value: object) -> tuple[Precision, ...]:
     others = [item for item in items if not isinstance(item, Precision)]
     if others:
         raise ConfigurationError(
-            f"plugins= takes prec.Precision instances (one, or a list of one); got {_show(others)}."
+            f"plugins= takes prec.Precision instances (one, or a list of one); got {show(others)}."
         )
     if len(items) > 1:
-        raise ConfigurationError(f"plugins= holds {len(items)} precisions; pass one: {_show(items)}.")
+        raise ConfigurationError(f"plugins= holds {len(items)} precisions; pass one: {show(items)}.")
     return tuple(items)  # type: ignore[arg-type]
 
 
@@ -337,12 +312,12 @@ def _check_callbacks(value: object) -> tuple[Callback, ...]:
         return (value,)
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise ConfigurationError(
-            f"callbacks={_show(value)} must be a prec.Callback, a list of them, or None; got {type(value).__name__}."
+            f"callbacks={show(value)} must be a prec.Callback, a list of them, or None; got {type(value).__name__}."
         )
     items = tuple(value)
     others = [item for item in items if not isinstance(item, Callback)]
     if others:
-        raise ConfigurationError(f"callbacks must be prec.Callback instances, got {_show(others)}.")
+        raise ConfigurationError(f"callbacks must be prec.Callback instances, got {show(others)}.")
     return items
 
 
@@ -355,14 +330,15 @@ def _root_dir(value: object) -> Path:
                 f"default_root_dir=None means the current directory, which cannot be read ({error});"
                 " pass default_root_dir=<a directory>."
             ) from None
-    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
-        raise ConfigurationError(f"default_root_dir={_show(value)} must be a str or os.PathLike path, or None.")
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise ConfigurationError(
-            f"default_root_dir={_show(value)} must be a non-empty text path (None: the current directory)."
-        )
-    return Path(path)
+    return check_path("default_root_dir", value, none="the current directory")  # type: ignore[return-value]
+
+
+def check_ckpt_path(stage: str, value: object) -> str | Path | None:
+    """``fit``/``validate``/``test``/``predict``'s ``ckpt_path``, checked at the call: ``None``, ``"best"``,
+    ``"last"`` or a path (a file the run reads later; whether it exists and fits is the checkpoint's own check)."""
+    if isinstance(value, str) and value in ("best", "last"):
+        return value
+    return check_path(f"{stage}(ckpt_path)", value, none="start fresh; 'best' or 'last': a ModelCheckpoint's")
 
 
 def _nonfinite(value: object) -> Any:
@@ -376,23 +352,9 @@ def _precision_options(value: object) -> Mapping[str, Any]:
         return MappingProxyType({})
     if not isinstance(value, Mapping):
         raise ConfigurationError(
-            f"precision_options={_show(value)} must be a dict of option names to values, e.g. {{'init_scale': 1024}}."
+            f"precision_options={show(value)} must be a dict of option names to values, e.g. {{'init_scale': 1024}}."
         )
     keys = [key for key in value if not isinstance(key, str)]
     if keys:
-        raise ConfigurationError(f"precision_options keys must be option names (str); got {_show(keys)}.")
+        raise ConfigurationError(f"precision_options keys must be option names (str); got {show(keys)}.")
     return MappingProxyType(dict(value))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """An int or float that is a number (``True`` and NaN are not)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _show(value: object) -> str:
-    """A repr short enough for an error message, whatever the user passed."""
-    return reprlib.repr(value)

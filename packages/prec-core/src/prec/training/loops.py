@@ -16,6 +16,7 @@ from prec._warnings import warn
 from prec.errors import ConfigurationError, PrecWarning
 from prec.model.module import TrainingModule
 from prec.training.checkpointing import load_checkpoint
+from prec.training.config import warn_empty_epoch, warn_if_resumed_past_limits
 from prec.training.epoch import FIT_HOOKS, TrainingEpoch, may_stop
 from prec.training.evaluation import evaluate, sanity_check
 from prec.training.hook_calls import call, hook_callers, limit_batches
@@ -65,6 +66,9 @@ def run_fit(
         )
     if state.ckpt_path is not None:
         load_checkpoint(trainer, model, state.ckpt_path, "fit")
+        warn_if_resumed_past_limits(
+            trainer.max_steps, trainer.max_epochs, state.global_step, state.current_epoch, state.ckpt_path
+        )
 
     hooks = {name: hook_callers(trainer, model, name) for name in FIT_HOOKS}
     state.hooks = hooks
@@ -85,6 +89,7 @@ def run_fit(
         metrics.training = True
         call(hooks["on_train_epoch_start"])
         loop.run(train_loader, validate)
+        empty_epoch = state.batches_seen == 0
         if loop.stopped_early:  # max_steps reached mid-epoch: no validation, no epoch hooks
             break
         if validate is not None and (state.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
@@ -104,6 +109,9 @@ def run_fit(
         state.current_epoch += 1
         state.batches_seen = 0
         call(hooks["on_train_epoch_completed"])
+        if empty_epoch and trainer.max_epochs is None:
+            warn_empty_epoch(trainer.max_steps)
+            break
     call(hooks["on_train_end"])
     call(hooks["on_fit_end"])
 
