@@ -50,11 +50,10 @@ def prec_register_precisions(register: RegisterPrecision) -> None:
     reason = unavailable_reason()
     for name, mode in zip(NAMES, MODES, strict=True):
         for accelerator in ("cpu", "cuda"):
-            why_not = UNSUPPORTED.get((name, accelerator))
+            if (name, accelerator) in UNSUPPORTED:
+                continue
             if reason is not None:
                 description = f"unavailable: {reason}"
-            elif why_not is not None:
-                description = f"unavailable on {accelerator}: {why_not}"
             else:
                 description = f"frozen {_WHAT[mode]} Linear weights via bitsandbytes; float32 trainable parameters"
             register(name, accelerator, factory(name), description=description)

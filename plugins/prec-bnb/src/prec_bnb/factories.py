@@ -18,13 +18,9 @@ if TYPE_CHECKING:
 
 PREFIX = "bnb-"
 NAMES = tuple(PREFIX + mode for mode in MODES)
-#: Why a mode cannot run on an accelerator where bitsandbytes 0.50.2 lacks a kernel it needs.
-UNSUPPORTED: dict[tuple[str, str], str] = {
-    ("bnb-int8-training", "cpu"): (
-        "bitsandbytes 0.50.2 has no CPU kernel for int8_double_quant, which an int8-training layer needs outside"
-        " training mode (validation, inference); use bnb-int8 (frozen int8 weights) on cpu, or a CUDA GPU"
-    ),
-}
+#: Pairs prec-bnb does not register: bitsandbytes 0.50.2 lacks a kernel they need there (prec's catalogue of
+#: known gaps says why when one is asked for, so the registry never lists a pair that cannot run).
+UNSUPPORTED: frozenset[tuple[str, str]] = frozenset({("bnb-int8-training", "cpu")})
 
 
 def _is_patterns(value: Any) -> bool:
@@ -72,9 +68,6 @@ def factory(name: str) -> Callable[..., BitsandbytesPrecision]:
         reason = unavailable_reason()
         if reason is not None:
             raise UnsupportedPrecisionError(f"precision={name!r} comes from prec-bnb, which cannot run here: {reason}.")
-        why_not = UNSUPPORTED.get((name, accelerator.name))
-        if why_not is not None:
-            raise UnsupportedPrecisionError(f"precision={name!r} cannot run on {accelerator.name}: {why_not}.")
         checked = check_options(name, options, OPTIONS)
         dtype = _compute_dtype(name, accelerator, checked.get("compute_dtype"))
         bnb = load_bitsandbytes()

@@ -52,6 +52,9 @@ KNOWN_GAPS: Mapping[tuple[str, str], str] = MappingProxyType(
         ("64-true", "xla"): "TPUs have no float64 arithmetic. Use precision='32-true'",
         ("64-true", "mps"): "Apple MPS devices have no float64 arithmetic."
         " Use precision='32-true' or the cpu accelerator",
+        ("bnb-int8-training", "cpu"): "bitsandbytes 0.50.2 has no CPU kernel for int8_double_quant, which an"
+        " int8-training layer needs outside training mode (validation, inference). Use precision='bnb-int8' (frozen"
+        " int8 weights) on cpu, or a CUDA GPU",
     }
 )
 
