@@ -55,6 +55,8 @@ class BitsandbytesPrecision(MixedPrecision):
     """One of Lightning's ``BitsandbytesPrecision`` modes as a prec precision (see the package README)."""
 
     param_dtype = torch.float32
+    #: What a frozen quantized Linear weight is stored as (the conformance kit accepts these beside param_dtype).
+    storage_dtypes = (torch.uint8, torch.int8)
 
     def __init__(
         self,

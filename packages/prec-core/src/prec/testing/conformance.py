@@ -94,7 +94,29 @@ class _Case:
         torch.manual_seed(0)
         with precision.module_init_context():
             model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-        return precision.convert_module(model).to(self.device)
+        model = precision.convert_module(model).to(self.device)
+        return _Adapted(model) if _frozen(model) else model
+
+
+def _frozen(model: torch.nn.Module) -> bool:
+    """Whether the precision froze every Linear weight (quantized fine-tuning stores them in integer formats)."""
+    weights = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    return bool(weights) and not any(weight.requires_grad for weight in weights)
+
+
+class _Adapted(torch.nn.Module):
+    """The kit's model with a trainable float32 adapter beside frozen quantized layers, as a user fine-tuning
+    such a model adds one: the fit checks then test what the precision leaves trainable."""
+
+    def __init__(self, body: torch.nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        first = next(p for p in body.parameters())
+        self.adapter = torch.nn.Parameter(torch.zeros(8, device=first.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return out + (x.to(out.dtype) * self.adapter.to(out.dtype)).sum(-1, keepdim=True)
 
 
 def _same_state(case: _Case, before: dict[str, Any], what: str) -> None:
@@ -160,7 +182,9 @@ def check_init_module(case: _Case) -> None:
         layer = torch.nn.Linear(4, 4)
     _same_state(case, before, "module_init_context()")
     dtypes = {param.dtype for param in layer.parameters()}
-    if dtypes != {precision.param_dtype}:
+    # A quantizing precision declares the integer storage its frozen weights take (``storage_dtypes``).
+    allowed = {precision.param_dtype, *getattr(precision, "storage_dtypes", ())}
+    if precision.param_dtype not in dtypes or not dtypes <= allowed:
         raise AssertionError(f"a Linear built in module_init_context() has {dtypes}, not {precision.param_dtype}")
 
 
@@ -223,10 +247,17 @@ def check_trainer_fit(case: _Case) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.layer = torch.nn.Linear(8, 1)
+            self.adapter = torch.nn.Parameter(torch.zeros(8))  # used only beside a frozen (quantized) layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.layer(x).float()
+            if _frozen(self.layer):
+                out = out + (x.float() * self.adapter).sum(-1, keepdim=True)
+            return out
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
-            loss = torch.nn.functional.mse_loss(self.layer(x).float(), y)
+            loss = torch.nn.functional.mse_loss(self(x), y)
             self.log("loss", loss)
             return loss
 
@@ -248,11 +279,14 @@ def check_trainer_fit(case: _Case) -> None:
         enable_model_summary=False,
     )
     model = Regression()
-    before = torch.stack([torch.nn.functional.mse_loss(model.layer(x), y) for x, y in data]).mean().item()
-    trainer.fit(model, data)
-    weight = model.layer.weight
     with torch.no_grad():
-        losses = [torch.nn.functional.mse_loss(model.layer(x.to(weight)).float(), y.to(weight.device)) for x, y in data]
+        before = torch.stack([torch.nn.functional.mse_loss(model(x), y) for x, y in data]).mean().item()
+    trainer.fit(model, data)
+    plugin = trainer.precision_plugin
+    device = model.adapter.device
+    with torch.no_grad(), plugin.forward_context():  # the trained model, run as the precision runs it
+        losses = [torch.nn.functional.mse_loss(model(plugin.convert_input(x.to(device))).float(), y.to(device))
+                  for x, y in data]  # fmt: skip
     after = torch.stack(losses).mean().item()
     if trainer.precision != case.name or not after < before:
         raise AssertionError(
