@@ -255,6 +255,13 @@ class Precision:
         if closure is not None or not guard.active:
             self.step_skipped = False
             return self.apply_optimizer_step(optimizer, closure, **kwargs)
+        if not kwargs:  # the Trainer's fast path: bound once per optimizer, re-bound when its groups change
+            return guard.cached_step(optimizer, self._bind_guarded_step)()
+        return self._checked_step(optimizer, kwargs)
+
+    def _checked_step(self, optimizer: Optimizer, kwargs: dict[str, Any]) -> Any:
+        """The guarded step without binding: fused optimizers (the flag goes to the device), step arguments."""
+        guard = self.guard
         found = guard.found_nonfinite(optimizer)
         if found is False:
             self.step_skipped = False
@@ -296,7 +303,15 @@ class Precision:
             or cls.apply_optimizer_step is not Precision.apply_optimizer_step
         ):
             return partial(self.optimizer_step, optimizer)
-        return self.guard.bind_step(optimizer, self)
+        return self._bind_guarded_step(optimizer)
+
+    def _bind_guarded_step(self, optimizer: Optimizer) -> Callable[[], Any]:
+        """The guard's bound step of ``optimizer``, stepping through :meth:`apply_optimizer_step` where a class
+        overrides it."""
+        step = None if type(self).apply_optimizer_step is Precision.apply_optimizer_step else partial(
+            self.apply_optimizer_step, optimizer
+        )
+        return self.guard.bind_step(optimizer, self, step, partial(self._checked_step, optimizer, {}))
 
     def update_scaler(self) -> None:
         """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""

@@ -17,6 +17,8 @@ Where the decision is made:
 
 from __future__ import annotations
 
+import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +29,11 @@ from torch.optim import Optimizer
 
 from prec._warnings import warn
 from prec.errors import ConfigurationError, NonFiniteError, PerformanceWarning, PrecWarning
+from prec.precision.diagnosis import diagnose, listed
 
 #: What the guard does about a non-finite gradient.
 NONFINITE_MODES = ("skip", "raise", "off")
-_LISTED = 8
+_GRAD = operator.attrgetter("grad")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class NonFiniteGuard:
         self.parameter_names: dict[int, str] = {}
         #: Where messages read the current optimizer step from (the Trainer sets it; ``None`` in your own loop).
         self.step_source: Callable[[], int] | None = None
+        #: The last loss before loss scaling (set by a grad-scaling precision): a skip report says whether it was
+        #: already NaN (the data) or the scaled backward overflowed.
+        self.last_loss: Tensor | None = None
         self.skipped = 0  # steps skipped and read back on the host
         self.consecutive = 0  # consecutive skipped steps, as last read
         self._pending: Tensor | None = None  # device-side skips not read yet (lazy devices)
@@ -94,7 +100,12 @@ class NonFiniteGuard:
         self._warned_skip = False
         self._warned_sync = False
         self._alarmed = False  # this run of skips was warned about
+        self._last_skipped = False  # the precision's step_skipped may be set: the next good step clears it
         self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._copies: dict[int, Tensor] = {}  # id(copy the optimizer steps) -> the model parameter it stands for
+        # id(optimizer) -> (weak reference, param-group layout, bound step): a loop of your own that calls
+        # precision.optimizer_step(optimizer) gets the bound fast path without asking for it.
+        self._bound: dict[int, tuple[weakref.ref[Optimizer], tuple[int, ...], Callable[[], Any]]] = {}
 
     @property
     def active(self) -> bool:
@@ -103,6 +114,19 @@ class NonFiniteGuard:
     def watch(self, module: torch.nn.Module) -> None:
         """Remember parameter names, so a detection can say which gradients were non-finite."""
         self.parameter_names = {id(param): name for name, param in module.named_parameters()}
+
+    def name_copies(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """``(model parameter, copy)`` pairs: the optimizer steps the copies (float32 master weights), reports
+        name them by their parameter."""
+        for param, copy in pairs:
+            self._copies[id(copy)] = param
+
+    def name_of(self, param: Tensor, fallback: str) -> str:
+        """The model's name for ``param`` (or for the parameter it is a copy of), else ``fallback``."""
+        name = self.parameter_names.get(id(param))
+        if name is None and id(param) in self._copies:
+            name = self.parameter_names.get(id(self._copies[id(param)]))
+        return name if name is not None else fallback
 
     # -- checking ---------------------------------------------------------------------------------------------
     def found_nonfinite(self, optimizer: Optimizer) -> bool | Tensor:
@@ -119,46 +143,76 @@ class NonFiniteGuard:
             if not found.item():
                 self.consecutive = 0
                 self._alarmed = False
+                self._last_skipped = False
                 return False
             found.zero_()
+            self._last_skipped = True
             return True
-        found = torch.zeros((), device=device)  # handed to the optimizer, which keeps a reference until it steps
+        # Handed to the optimizer, which keeps a reference until it steps; float32 whatever the default dtype.
+        found = torch.zeros((), device=device, dtype=torch.float32)
         check_for(device)(grads, found, one)
+        self._last_skipped = True
         return found
 
-    def bind_step(self, optimizer: Optimizer, precision: Any) -> Callable[[], Any]:
-        """A zero-argument guarded ``optimizer.step()`` for loops that step the same optimizer many times: the
-        parameter list is flattened once here, so a step costs the check kernel and one flag read. Rebind after
-        changing ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept
-        up to date."""
-        step = optimizer.step
+    def cached_step(self, optimizer: Optimizer, bind: Callable[[Optimizer], Callable[[], Any]]) -> Callable[[], Any]:
+        """The bound step of ``optimizer`` (``bind(optimizer)``), made once and kept while the optimizer lives and
+        its param groups keep their layout (a group added, or parameters added to one, binds anew)."""
+        groups = optimizer.param_groups
+        layout = (len(groups), *map(len, map(_PARAMS, groups)))
+        entry = self._bound.get(id(optimizer))
+        if entry is not None and entry[1] == layout and entry[0]() is optimizer:
+            return entry[2]
+        step = bind(optimizer)
+        key = id(optimizer)
+        bound = self._bound
+        self._bound[key] = (weakref.ref(optimizer, lambda _: bound.pop(key, None)), layout, step)
+        return step
+
+    def bind_step(
+        self,
+        optimizer: Optimizer,
+        precision: Any,
+        step: Callable[[], Any] | None = None,
+        unbound: Callable[[], Any] | None = None,
+    ) -> Callable[[], Any]:
+        """A zero-argument guarded step (``step``, by default ``optimizer.step``) for loops that step the same
+        optimizer many times: everything per-parameter is prepared once here, so a step costs the gradient list
+        (built in C), the check kernel and one flag read (free on the CPU). Rebind after changing
+        ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept up to
+        date. ``unbound`` is the step for an optimizer this cannot bind (fused: it skips on the device; parameters
+        on several devices); by default ``precision.optimizer_step(optimizer)``."""
+        step = optimizer.step if step is None else step
         precision.step_skipped = False
+        self._last_skipped = False
         if not self.active:
             return step
         params = [param for group in optimizer.param_groups for param in group["params"]]
         devices = {param.device for param in params}
         if len(devices) != 1 or _takes_found_inf(optimizer):
-            return lambda: precision.optimizer_step(optimizer)
+            return unbound if unbound is not None else lambda: precision.optimizer_step(optimizer)
         (device,) = devices
         if device.type != "cpu":
             self._warn_sync(device, optimizer)
         found, one = self._device_flags(device)
         check = check_for(device)
-        skipped_last = self.consecutive > 0
+        flag = _host_view(found)
+
+        def skip() -> None:
+            found.zero_()
+            self._last_skipped = True
+            precision.step_skipped = True
+            self.record(optimizer, True, _no_scale)
 
         def guarded_step() -> Any:
-            nonlocal skipped_last
-            grads = [param.grad for param in params if param.grad is not None]
-            if grads:
+            grads = [*map(_GRAD, params)]
+            try:
                 check(grads, found, one)
-                if found.item():
-                    found.zero_()
-                    skipped_last = True
-                    precision.step_skipped = True
-                    self.record(optimizer, True, _no_scale)
-                    return None
-            if skipped_last:
-                skipped_last = False
+            except TypeError:  # a parameter without a gradient (frozen, or unused this step)
+                check([grad for grad in grads if grad is not None], found, one)
+            if flag[()] if flag is not None else found.item():
+                return skip()
+            if self._last_skipped:
+                self._last_skipped = False
                 precision.step_skipped = False
                 self.consecutive = 0
                 self._alarmed = False
@@ -168,8 +222,11 @@ class NonFiniteGuard:
 
     def _device_flags(self, device: torch.device) -> tuple[Tensor, Tensor]:
         flags = self._flags.get(device)
-        if flags is None:
-            flags = self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
+        if flags is None:  # float32 whatever the default dtype (64-true, bf16-true set it around the steps)
+            flags = self._flags[device] = (
+                torch.zeros((), device=device, dtype=torch.float32),
+                torch.ones((), device=device, dtype=torch.float32),
+            )
         return flags
 
     def _warn_sync(self, device: torch.device, optimizer: Optimizer) -> None:
@@ -177,8 +234,9 @@ class NonFiniteGuard:
             self._warned_sync = True
             warn(
                 f"the non-finite guard reads one flag per step from {device} for {type(optimizer).__name__}, which"
-                " cannot skip a step on the device: one host-device synchronisation per step. Pass fused=True"
-                " to the optimizer (Adam, AdamW, SGD) to skip on the device, or Trainer(nonfinite='off').",
+                " cannot skip a step on the device: one host-device synchronisation per step, as torch's GradScaler"
+                " needs. Pass fused=True to the optimizer (Adam, AdamW, SGD) to skip on the device, or"
+                " Trainer(nonfinite='off').",
                 PerformanceWarning,
             )
 
@@ -188,8 +246,9 @@ class NonFiniteGuard:
     ) -> None:
         """Count a step's outcome and raise the alarm on a long run of skips. ``skipped`` may live on the device
         (fused optimizers, grad scalers that did not sync): then it is read every ``warn_after`` steps.
-        ``loss_scaling``: the skip came from a grad scaler's overflow search, which is how dynamic loss scaling
-        works, so only a long run of them (the alarm) is reported."""
+        ``loss_scaling``: the skip came from a grad scaler, whose overflow steps are how dynamic loss scaling
+        works: the first skip still warns (saying whether it was an overflow or a NaN), the rest count."""
+        read_now = not isinstance(skipped, Tensor)
         if isinstance(skipped, Tensor):
             flag = skipped.gt(0).to(torch.int64).reshape(())
             run = self._run if self._run is not None else self.consecutive
@@ -198,6 +257,7 @@ class NonFiniteGuard:
             self._steps_since_read += 1
             if flag.device.type != "cpu" and self._steps_since_read < self.policy.warn_after:
                 return
+            read_now = flag.device.type == "cpu"  # the flag is this step's: its gradients are still there
             self.consecutive = int(self._run.item())
             self._run = None
             self._settle()
@@ -210,18 +270,16 @@ class NonFiniteGuard:
         if not skipped:
             self._alarmed = False
             return
-        if loss_scaling or self.policy.mode == "off":
-            self._alarm(optimizer, scale)
-            return
-        if self.policy.mode == "raise":
-            raise NonFiniteError(self._describe(optimizer, scale, "found non-finite gradients"))
+        if self.policy.mode == "raise" and not loss_scaling:
+            raise NonFiniteError(self._describe(optimizer, scale, "found non-finite gradients", read_now))
         if not self._warned_skip:
             self._warned_skip = True
-            warn(
-                self._describe(optimizer, scale, "skipped an optimizer step with non-finite gradients")
-                + " Further skips are counted in the 'skipped_steps' metric.",
-                PrecWarning,
-            )
+            what = "skipped an optimizer step with non-finite gradients"
+            note = " Further skips are counted in the 'skipped_steps' metric."
+            if loss_scaling:
+                what = "skipped an optimizer step under loss scaling"
+                note = " The grad scaler lowers the loss scale after an overflow (not after a NaN from the data)." + note
+            warn(self._describe(optimizer, scale, what, read_now) + note, PrecWarning)
         self._alarm(optimizer, scale)
 
     def _settle(self) -> None:
@@ -246,14 +304,25 @@ class NonFiniteGuard:
                 PrecWarning,
             )
 
-    def _describe(self, optimizer: Optimizer, scale: Callable[[], Any], what: str) -> str:
+    def _describe(self, optimizer: Optimizer, scale: Callable[[], Any], what: str, diagnosed: bool = True) -> str:
         step = self.step_source() if self.step_source is not None else None
         where = f"at optimizer step {step}" if step is not None else "at an optimizer step"
         current = scale()
         scale_text = f", loss scale {current}" if current is not None else ""
         names = self.nonfinite_parameters(optimizer)
-        listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-        return f"prec {what} {where}{scale_text}; non-finite gradients in: {listed or 'no parameter (already zeroed)'}."
+        text = f"prec {what} {where}{scale_text}; non-finite gradients in: {listed(names) or 'no parameter (already zeroed)'}."
+        if diagnosed:
+            cause = diagnose(optimizer, self._namer(optimizer), self.last_loss)
+            text += f" {cause}" if cause else ""
+        return text
+
+    def _namer(self, optimizer: Optimizer) -> Callable[[Tensor], str]:
+        where = {
+            id(param): f"param_groups[{group_index}][{index}]"
+            for group_index, group in enumerate(optimizer.param_groups)
+            for index, param in enumerate(group["params"])
+        }
+        return lambda param: self.name_of(param, where.get(id(param), "an unnamed tensor"))
 
     def nonfinite_parameters(self, optimizer: Optimizer) -> list[str]:
         """Names of ``optimizer``'s parameters whose gradients hold inf/NaN (reads every gradient: detection only)."""
@@ -261,7 +330,7 @@ class NonFiniteGuard:
         for group_index, group in enumerate(optimizer.param_groups):
             for index, param in enumerate(group["params"]):
                 if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                    names.append(self.parameter_names.get(id(param), f"param_groups[{group_index}][{index}]"))
+                    names.append(self.name_of(param, f"param_groups[{group_index}][{index}]"))
         return names
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -293,6 +362,20 @@ def _generic_check(grads: list[Tensor], found: Tensor, one: Tensor) -> None:
 
 def _no_scale() -> None:
     return None
+
+
+_PARAMS = operator.itemgetter("params")
+
+
+def _host_view(flag: Tensor) -> Any:
+    """A numpy view of a CPU flag: reading it costs no torch call (the CPU kernel has finished when it returns);
+    ``None`` off the CPU or without numpy (then the flag is read with ``.item()``)."""
+    if flag.device.type != "cpu":
+        return None
+    try:
+        return flag.numpy()
+    except (RuntimeError, ImportError):  # torch without numpy support
+        return None
 
 
 def _takes_found_inf(optimizer: Optimizer) -> bool:
