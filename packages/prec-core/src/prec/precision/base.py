@@ -163,6 +163,13 @@ class Precision:
         """Cast an already built module's parameters and buffers to this precision (in place, returned)."""
         return module
 
+    def produced_param_dtypes(self) -> frozenset[torch.dtype]:
+        """The dtypes :meth:`convert_module` may give floating parameters (float32 is always allowed for modules
+        a ``keep_float32`` policy keeps). The default is :attr:`param_dtype`; a quantizing precision whose
+        conversion stores other floating dtypes declares them here. The Trainer checks each conversion against
+        it and names the plugin that broke it."""
+        return frozenset({self.param_dtype})
+
     def tensor_init_context(self) -> AbstractContextManager[None]:
         """Context in which new tensors get this precision's dtype (the default dtype)."""
         return nullcontext()
@@ -308,8 +315,10 @@ class Precision:
     def _bind_guarded_step(self, optimizer: Optimizer) -> Callable[[], Any]:
         """The guard's bound step of ``optimizer``, stepping through :meth:`apply_optimizer_step` where a class
         overrides it."""
-        step = None if type(self).apply_optimizer_step is Precision.apply_optimizer_step else partial(
-            self.apply_optimizer_step, optimizer
+        step = (
+            None
+            if type(self).apply_optimizer_step is Precision.apply_optimizer_step
+            else partial(self.apply_optimizer_step, optimizer)
         )
         return self.guard.bind_step(optimizer, self, step, partial(self._checked_step, optimizer, {}))
 

@@ -6,8 +6,9 @@ A skipped step has four different causes that need four different fixes, so the 
   update that was computed from finite gradients (Adam's ``eps`` underflowing in float16, say). Every later step
   is skipped too; skipping cannot recover, resuming from a finite state can;
 * the loss was NaN before loss scaling: the data or the model, not an overflow;
-* NaN gradients from a finite loss: an invalid operation in the backward pass, not an overflow;
-* inf gradients only: an overflow, which a grad scaler answers by lowering the loss scale.
+* under loss scaling, non-finite gradients from a finite loss: the scaled backward overflowed, which the grad
+  scaler answers by lowering the loss scale;
+* without loss scaling: NaN gradients (an invalid operation or NaN data) or inf gradients only (an overflow).
 
 Everything here reads every tensor it is given: it runs when a skip is reported, never per step.
 """
@@ -62,7 +63,9 @@ def diagnose(optimizer: Optimizer, name_of: Callable[[Tensor], str], loss: Tenso
     """One sentence: what made ``optimizer``'s gradients non-finite (see the module docs)."""
     weights, state = nonfinite_state(optimizer, name_of)
     if weights or state:
-        parts = ([f"weights {listed(weights)}"] if weights else []) + ([f"optimizer state {listed(state)}"] if state else [])
+        parts = ([f"weights {listed(weights)}"] if weights else []) + (
+            [f"optimizer state {listed(state)}"] if state else []
+        )
         return (
             f"Cause: a poisoned state, not the gradients of this batch: the {' and the '.join(parts)} already hold"
             " inf/NaN (loaded from a checkpoint, or written by an update computed from finite gradients, such as"
@@ -80,10 +83,14 @@ def diagnose(optimizer: Optimizer, name_of: Callable[[Tensor], str], loss: Tenso
     kind = nonfinite_kind(grads)
     if kind is None:
         return ""
-    source = "from a finite loss" if loss is not None else "(or a non-finite loss)"
+    if loss is not None:  # under loss scaling, from a finite loss: the scaled backward overflowed
+        return (
+            f"Cause: an overflow: the loss was finite before loss scaling and its scaled backward pass overflowed"
+            f" ({kind} gradients); the grad scaler lowers the loss scale."
+        )
     if "NaN" in kind:
         return (
-            f"Cause: {kind} gradients {source}: an invalid operation (0/0, inf-inf, sqrt of a negative number) in"
-            " the forward or backward pass, NaN in the data, or an overflow that turned into NaN."
+            f"Cause: {kind} gradients: a NaN or inf loss, NaN in the data, an invalid operation (0/0, inf-inf,"
+            " sqrt of a negative number) in the forward or backward pass, or an overflow that turned into NaN."
         )
-    return f"Cause: inf gradients {source}: an overflow (a grad scaler lowers the loss scale; without one, lower the lr)."
+    return "Cause: inf gradients: an overflow or an inf loss (lower the learning rate, or check the data)."

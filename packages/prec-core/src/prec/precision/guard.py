@@ -278,7 +278,10 @@ class NonFiniteGuard:
             note = " Further skips are counted in the 'skipped_steps' metric."
             if loss_scaling:
                 what = "skipped an optimizer step under loss scaling"
-                note = " The grad scaler lowers the loss scale after an overflow (not after a NaN from the data)." + note
+                note = (
+                    " Further skips (overflows are how dynamic loss scaling finds its scale) are counted in the"
+                    " 'skipped_steps' metric."
+                )
             warn(self._describe(optimizer, scale, what, read_now) + note, PrecWarning)
         self._alarm(optimizer, scale)
 
@@ -310,7 +313,8 @@ class NonFiniteGuard:
         current = scale()
         scale_text = f", loss scale {current}" if current is not None else ""
         names = self.nonfinite_parameters(optimizer)
-        text = f"prec {what} {where}{scale_text}; non-finite gradients in: {listed(names) or 'no parameter (already zeroed)'}."
+        named = listed(names) or "no parameter (already zeroed)"
+        text = f"prec {what} {where}{scale_text}; non-finite gradients in: {named}."
         if diagnosed:
             cause = diagnose(optimizer, self._namer(optimizer), self.last_loss)
             text += f" {cause}" if cause else ""
