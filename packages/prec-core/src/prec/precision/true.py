@@ -12,7 +12,6 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from prec.errors import ConfigurationError
-
 from prec.precision.base import Precision, apply_to_tensors, default_dtype, to_float32
 from prec.precision.policy import ModulePolicy
 from prec.precision.tf32 import Float32Flags
