@@ -168,3 +168,47 @@ def test_an_overflow_under_a_grad_scaler_is_called_one() -> None:
         prec.PrecWarning, match=r"under loss scaling.*Cause: an overflow: the loss was finite before loss scaling"
     ):
         run.fit(Overflowing(), loader())
+
+
+# -- a loop of your own takes the bound fast path, cached weakly per optimizer ----------------------------------
+def own_step(precision: prec.Precision, model: torch.nn.Module, optimizer, x: torch.Tensor) -> None:  # noqa: ANN001
+    optimizer.zero_grad()
+    precision.backward(model(x).pow(2).sum(), model)
+    precision.optimizer_step(optimizer)
+
+
+def test_a_loop_of_your_own_binds_once_per_optimizer_and_does_not_keep_it_alive() -> None:
+    import weakref
+
+    from prec.precision.guard import BOUND_STEP
+
+    precision = prec.get_precision("32-true", "cpu")
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    own_step(precision, model, optimizer, torch.randn(2, 4))
+    entry = optimizer.__dict__[BOUND_STEP]
+    own_step(precision, model, optimizer, torch.randn(2, 4))
+    assert optimizer.__dict__[BOUND_STEP] is entry  # not bound again
+    assert BOUND_STEP not in optimizer.state_dict()
+    alive = weakref.ref(optimizer)
+    del optimizer, entry
+    assert alive() is None  # freed at once: no reference cycle through the cached step
+
+
+def test_a_loop_of_your_own_binds_anew_when_a_param_group_is_added() -> None:
+    precision = prec.get_precision("32-true", "cpu")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    own_step(precision, model, optimizer, torch.randn(2, 4))
+    optimizer.add_param_group({"params": model[1].parameters()})
+    before = model[1].weight.detach().clone()
+    own_step(precision, model, optimizer, torch.randn(2, 4))
+    assert not torch.equal(before, model[1].weight)  # the new group is stepped
+    model[1].weight.grad = torch.full_like(model[1].weight, float("nan"))
+    after = model[1].weight.detach().clone()
+    with pytest.warns(prec.PrecWarning, match=r"non-finite gradients in: param_groups\[1\]\[0\]"):
+        precision.optimizer_step(optimizer)  # and checked
+    assert precision.step_skipped and torch.equal(after, model[1].weight)
+    model[1].weight.grad.zero_()
+    precision.optimizer_step(optimizer)
+    assert not precision.step_skipped

@@ -25,12 +25,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from prec.errors import ConfigurationError
-from prec.precision.guard import NonFiniteGuard, NonFinitePolicy
+from prec.precision.guard import BOUND_STEP, NonFiniteGuard, NonFinitePolicy
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
 
 GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
+#: One reusable no-op context (``nullcontext`` is reentrant): a step enters it without building a new one.
+_NO_CONTEXT: AbstractContextManager[None] = nullcontext()
 #: The per-step methods a loop may leave uncalled while a class keeps them as the 32-true no-op (see
 #: :attr:`Precision.passthrough`).
 PER_STEP_METHODS = ("convert_input", "forward_context", "backward", "convert_output")
@@ -199,7 +201,7 @@ class Precision:
     # -- steps ----------------------------------------------------------------------------------------------
     def forward_context(self) -> AbstractContextManager[None]:
         """Context around each ``*_step``: autocast for mixed precisions, the default dtype for true ones."""
-        return nullcontext()
+        return _NO_CONTEXT
 
     def convert_input(self, data: Any) -> Any:
         """Cast floating-point inputs (any nesting of tuples, lists and dicts) to the compute dtype."""
@@ -258,13 +260,23 @@ class Precision:
         gradients inside ``step``, where they cannot be checked first: it is not guarded.
         ``update=False`` defers :meth:`update_scaler` when several optimizers step from one backward pass.
         """
-        guard = self.guard
+        try:
+            guard = self.__dict__["_guard"]  # the property, without a call per step
+        except KeyError:
+            guard = self.guard
         if closure is not None or not guard.active:
             self.step_skipped = False
             return self.apply_optimizer_step(optimizer, closure, **kwargs)
-        if not kwargs:  # the Trainer's fast path: bound once per optimizer, re-bound when its groups change
+        if kwargs:
+            return self._checked_step(optimizer, kwargs)
+        # The Trainer's fast path: bound once per optimizer and kept on it, bound anew when its groups change.
+        try:
+            owner, groups, count, step = optimizer.__dict__[BOUND_STEP]
+        except KeyError:
             return guard.cached_step(optimizer, self._bind_guarded_step)()
-        return self._checked_step(optimizer, kwargs)
+        if owner is guard and groups is optimizer.param_groups and count == len(groups):
+            return step()
+        return guard.cached_step(optimizer, self._bind_guarded_step)()
 
     def _checked_step(self, optimizer: Optimizer, kwargs: dict[str, Any]) -> Any:
         """The guarded step without binding: fused optimizers (the flag goes to the device), step arguments."""
@@ -315,12 +327,10 @@ class Precision:
     def _bind_guarded_step(self, optimizer: Optimizer) -> Callable[[], Any]:
         """The guard's bound step of ``optimizer``, stepping through :meth:`apply_optimizer_step` where a class
         overrides it."""
-        step = (
-            None
-            if type(self).apply_optimizer_step is Precision.apply_optimizer_step
-            else partial(self.apply_optimizer_step, optimizer)
+        overridden = type(self).apply_optimizer_step is not Precision.apply_optimizer_step
+        return self.guard.bind_step(
+            optimizer, self, self.apply_optimizer_step if overridden else None, partial(self._checked_step, kwargs={})
         )
-        return self.guard.bind_step(optimizer, self, step, partial(self._checked_step, optimizer, {}))
 
     def update_scaler(self) -> None:
         """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""

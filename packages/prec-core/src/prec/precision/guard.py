@@ -34,6 +34,9 @@ from prec.precision.diagnosis import diagnose, listed
 #: What the guard does about a non-finite gradient.
 NONFINITE_MODES = ("skip", "raise", "off")
 _GRAD = operator.attrgetter("grad")
+#: Where :meth:`NonFiniteGuard.cached_step` keeps an optimizer's bound step: ``(guard, param_groups, their number,
+#: step)`` in the optimizer's ``__dict__``.
+BOUND_STEP = "_prec_bound_step"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class NonFiniteGuard:
     """Checks gradients before a step, counts skipped steps and raises the alarm; one per Precision."""
 
     def __init__(self, policy: NonFinitePolicy | None = None) -> None:
+        #: Whether the guard checks anything (the policy's mode is not ``"off"``): a plain attribute, kept by the
+        #: ``policy`` setter, because every optimizer step reads it.
+        self.active = True
         self.policy = policy or NonFinitePolicy()
         self.parameter_names: dict[int, str] = {}
         #: Where messages read the current optimizer step from (the Trainer sets it; ``None`` in your own loop).
@@ -103,13 +109,16 @@ class NonFiniteGuard:
         self._last_skipped = False  # the precision's step_skipped may be set: the next good step clears it
         self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._copies: dict[int, Tensor] = {}  # id(copy the optimizer steps) -> the model parameter it stands for
-        # id(optimizer) -> (weak reference, param-group layout, bound step): a loop of your own that calls
-        # precision.optimizer_step(optimizer) gets the bound fast path without asking for it.
-        self._bound: dict[int, tuple[weakref.ref[Optimizer], tuple[int, ...], Callable[[], Any]]] = {}
 
     @property
-    def active(self) -> bool:
-        return self.policy.mode != "off"
+    def policy(self) -> NonFinitePolicy:
+        """What the guard does about a non-finite gradient."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: NonFinitePolicy) -> None:
+        self._policy = policy
+        self.active = policy.mode != "off"
 
     def watch(self, module: torch.nn.Module) -> None:
         """Remember parameter names, so a detection can say which gradients were non-finite."""
@@ -155,41 +164,43 @@ class NonFiniteGuard:
         return found
 
     def cached_step(self, optimizer: Optimizer, bind: Callable[[Optimizer], Callable[[], Any]]) -> Callable[[], Any]:
-        """The bound step of ``optimizer`` (``bind(optimizer)``), made once and kept while the optimizer lives and
-        its param groups keep their layout (a group added, or parameters added to one, binds anew)."""
+        """The bound step of ``optimizer`` (``bind(optimizer)``), kept on the optimizer itself (under
+        :data:`BOUND_STEP`, which ``Optimizer.state_dict`` and pickling leave out): it lives and dies with the
+        optimizer, and holds it only weakly. Reused while the entry is this guard's and ``param_groups`` is the
+        same list with the same number of groups (``add_param_group`` and ``load_state_dict`` bind anew)."""
         groups = optimizer.param_groups
-        layout = (len(groups), *map(len, map(_PARAMS, groups)))
-        entry = self._bound.get(id(optimizer))
-        if entry is not None and entry[1] == layout and entry[0]() is optimizer:
-            return entry[2]
+        entry = optimizer.__dict__.get(BOUND_STEP)
+        if entry is not None and entry[0] is self and entry[1] is groups and entry[2] == len(groups):
+            return entry[3]  # type: ignore[no-any-return]
         step = bind(optimizer)
-        key = id(optimizer)
-        bound = self._bound
-        self._bound[key] = (weakref.ref(optimizer, lambda _: bound.pop(key, None)), layout, step)
+        optimizer.__dict__[BOUND_STEP] = (self, groups, len(groups), step)
         return step
 
     def bind_step(
         self,
         optimizer: Optimizer,
         precision: Any,
-        step: Callable[[], Any] | None = None,
-        unbound: Callable[[], Any] | None = None,
+        apply: Callable[[Optimizer], Any] | None = None,
+        unbound: Callable[[Optimizer], Any] | None = None,
     ) -> Callable[[], Any]:
-        """A zero-argument guarded step (``step``, by default ``optimizer.step``) for loops that step the same
-        optimizer many times: everything per-parameter is prepared once here, so a step costs the gradient list
-        (built in C), the check kernel and one flag read (free on the CPU). Rebind after changing
-        ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept up to
-        date. ``unbound`` is the step for an optimizer this cannot bind (fused: it skips on the device; parameters
-        on several devices); by default ``precision.optimizer_step(optimizer)``."""
-        step = optimizer.step if step is None else step
+        """A zero-argument guarded step for loops that step the same optimizer many times: everything
+        per-parameter is prepared once here, so a step costs the gradient list (built in C), the check kernel and
+        one flag read (free on the CPU). ``apply(optimizer)`` runs a step that goes ahead (default:
+        ``optimizer.step()``); ``unbound(optimizer)`` steps an optimizer this cannot bind (fused: it skips on the
+        device; parameters on several devices), by default ``precision.optimizer_step(optimizer)``. The step holds
+        the optimizer through a weak reference only, so it may be cached on the optimizer itself. Rebind after
+        changing ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept
+        up to date."""
         precision.step_skipped = False
         self._last_skipped = False
+        ref = weakref.ref(optimizer)
         if not self.active:
-            return step
+            return lambda: _apply(ref(), apply)
         params = [param for group in optimizer.param_groups for param in group["params"]]
         devices = {param.device for param in params}
         if len(devices) != 1 or _takes_found_inf(optimizer):
-            return unbound if unbound is not None else lambda: precision.optimizer_step(optimizer)
+            fallback = unbound if unbound is not None else precision.optimizer_step
+            return lambda: fallback(ref())
         (device,) = devices
         if device.type != "cpu":
             self._warn_sync(device, optimizer)
@@ -197,26 +208,27 @@ class NonFiniteGuard:
         check = check_for(device)
         flag = _host_view(found)
 
-        def skip() -> None:
+        def skip(target: Optimizer) -> None:
             found.zero_()
             self._last_skipped = True
             precision.step_skipped = True
-            self.record(optimizer, True, _no_scale)
+            self.record(target, True, _no_scale)
 
         def guarded_step() -> Any:
+            target = ref()
             grads = [*map(_GRAD, params)]
             try:
                 check(grads, found, one)
             except TypeError:  # a parameter without a gradient (frozen, or unused this step)
                 check([grad for grad in grads if grad is not None], found, one)
             if flag[()] if flag is not None else found.item():
-                return skip()
+                return skip(target)
             if self._last_skipped:
                 self._last_skipped = False
                 precision.step_skipped = False
                 self.consecutive = 0
                 self._alarmed = False
-            return step()
+            return target.step() if apply is None else apply(target)
 
         return guarded_step
 
@@ -368,7 +380,8 @@ def _no_scale() -> None:
     return None
 
 
-_PARAMS = operator.itemgetter("params")
+def _apply(optimizer: Optimizer, apply: Callable[[Optimizer], Any] | None) -> Any:
+    return optimizer.step() if apply is None else apply(optimizer)
 
 
 def _host_view(flag: Tensor) -> Any:
