@@ -2,9 +2,16 @@
 
 Every :class:`~prec.Precision` owns one :class:`NonFiniteGuard`. Before each optimizer step it checks the gradients
 of that optimizer's parameters with one fused kernel (``torch._amp_foreach_non_finite_check_and_unscale_`` with a
-scale of 1, the kernel torch's GradScaler uses) and, under the default policy, skips the step, counts it and warns.
+scale of 1, the kernel torch's GradScaler uses) and, under the default policy, skips the step, counts it and warns
+(the first skip at every precision, a grad scaler's included), saying what caused it
+(:mod:`prec.precision.diagnosis`: poisoned weights or optimizer state, a NaN loss, an overflow).
 A run of consecutive skipped steps is an alarm: a warning after ``warn_after`` and :class:`~prec.errors.NonFiniteError`
 after ``raise_after`` (a run that only skips is a run that no longer trains).
+
+Per step the bound step (:meth:`NonFiniteGuard.bind_step`; the Trainer binds once per epoch, a loop of your own
+calling ``precision.optimizer_step(optimizer)`` gets it cached on the optimizer) does O(1) work in Python: the
+gradient list is built in C (``map``), one fused check kernel runs, and on the CPU the flag is read through a numpy
+view of it, without a torch call.
 
 Where the decision is made:
 
@@ -12,7 +19,8 @@ Where the decision is made:
   the device; off the CPU its flag is read lazily, every ``warn_after`` steps, so the guard adds no host-device
   synchronisation per step;
 * any other optimizer needs the flag on the host before it steps: free on the CPU (there is no device to wait
-  for), one synchronisation per optimizer step elsewhere (said once with a :class:`~prec.errors.PerformanceWarning`).
+  for), one synchronisation per optimizer step elsewhere, as torch's GradScaler needs with such an optimizer (said
+  once with a :class:`~prec.errors.PerformanceWarning`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from torch.optim import Optimizer
 from prec._warnings import warn
 from prec.errors import ConfigurationError, NonFiniteError, PerformanceWarning, PrecWarning
 from prec.precision.diagnosis import diagnose, listed
+from prec.precision.nonfinite_check import check_for, host_view, same_device, takes_found_inf
 
 #: What the guard does about a non-finite gradient.
 NONFINITE_MODES = ("skip", "raise", "off")
@@ -145,8 +154,8 @@ class NonFiniteGuard:
             return False
         device = grads[0].device
         found, one = self._device_flags(device)
-        if not _takes_found_inf(optimizer):
-            check_for(device)(_same_device(grads, device), found, one)
+        if not takes_found_inf(optimizer):
+            check_for(device)(same_device(grads, device), found, one)
             if device.type != "cpu":
                 self._warn_sync(device, optimizer)
             if not found.item():
@@ -195,10 +204,10 @@ class NonFiniteGuard:
         self._last_skipped = False
         ref = weakref.ref(optimizer)
         if not self.active:
-            return lambda: _apply(ref(), apply)
+            return lambda: _step_through(ref(), apply)
         params = [param for group in optimizer.param_groups for param in group["params"]]
         devices = {param.device for param in params}
-        if len(devices) != 1 or _takes_found_inf(optimizer):
+        if len(devices) != 1 or takes_found_inf(optimizer):
             fallback = unbound if unbound is not None else precision.optimizer_step
             return lambda: fallback(ref())
         (device,) = devices
@@ -206,7 +215,7 @@ class NonFiniteGuard:
             self._warn_sync(device, optimizer)
         found, one = self._device_flags(device)
         check = check_for(device)
-        flag = _host_view(found)
+        flag = host_view(found)
 
         def skip(target: Optimizer) -> None:
             found.zero_()
@@ -363,49 +372,9 @@ class NonFiniteGuard:
         self.consecutive = int(state.get("consecutive_skips", 0))
 
 
-def check_for(device: torch.device) -> Callable[[list[Tensor], Tensor, Tensor], None]:
-    """The non-finite check for ``device``: torch's fused AMP kernel on cpu and cuda (it multiplies by the scale,
-    here 1, in place); elsewhere (xla, which refuses a float32 scale on 16-bit gradients) plain tensor ops."""
-    if device.type in ("cpu", "cuda"):
-        return torch._amp_foreach_non_finite_check_and_unscale_
-    return _generic_check
-
-
-def _generic_check(grads: list[Tensor], found: Tensor, one: Tensor) -> None:
-    finite = torch.stack([torch.isfinite(grad).all() for grad in grads]).all()
-    found.copy_(torch.logical_not(finite).to(found.dtype))
-
-
 def _no_scale() -> None:
     return None
 
 
-def _apply(optimizer: Optimizer, apply: Callable[[Optimizer], Any] | None) -> Any:
+def _step_through(optimizer: Optimizer, apply: Callable[[Optimizer], Any] | None) -> Any:
     return optimizer.step() if apply is None else apply(optimizer)
-
-
-def _host_view(flag: Tensor) -> Any:
-    """A numpy view of a CPU flag: reading it costs no torch call (the CPU kernel has finished when it returns);
-    ``None`` off the CPU or without numpy (then the flag is read with ``.item()``)."""
-    if flag.device.type != "cpu":
-        return None
-    try:
-        return flag.numpy()
-    except (RuntimeError, ImportError):  # torch without numpy support
-        return None
-
-
-def _takes_found_inf(optimizer: Optimizer) -> bool:
-    """torch's fused optimizers read ``optimizer.found_inf`` in ``step()`` and skip on the device."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and any(
-        group.get("fused") for group in optimizer.param_groups
-    )
-
-
-def _same_device(grads: list[Tensor], device: torch.device) -> Iterable[Tensor]:
-    if all(grad.device == device for grad in grads):
-        return grads
-    raise ConfigurationError(
-        "the non-finite guard found gradients on several devices in one optimizer; use one optimizer per device"
-        " or Trainer(nonfinite='off')."
-    )
