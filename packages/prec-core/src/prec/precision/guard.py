@@ -29,6 +29,7 @@ import operator
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -202,9 +203,9 @@ class NonFiniteGuard:
         up to date."""
         precision.step_skipped = False
         self._last_skipped = False
+        if not self.active:  # never cached on the optimizer (only a guarded step is): a plain reference is fine
+            return optimizer.step if apply is None else partial(apply, optimizer)
         ref = weakref.ref(optimizer)
-        if not self.active:
-            return lambda: _step_through(ref(), apply)
         params = [param for group in optimizer.param_groups for param in group["params"]]
         devices = {param.device for param in params}
         if len(devices) != 1 or takes_found_inf(optimizer):
@@ -374,7 +375,3 @@ class NonFiniteGuard:
 
 def _no_scale() -> None:
     return None
-
-
-def _step_through(optimizer: Optimizer, apply: Callable[[Optimizer], Any] | None) -> Any:
-    return optimizer.step() if apply is None else apply(optimizer)
