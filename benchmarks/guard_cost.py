@@ -9,8 +9,10 @@ Target: the guarded step within 3 % of the unguarded one.
 CPU instructions per step (``--instructions``, needs valgrind): each case runs once under callgrind, which dumps
 its counters each time the step clock ticks (the tick calls ``os.getppid``, and callgrind is told
 ``--dump-before=getppid``), so every dump holds exactly one step; the median over the steps after warm-up is the
-case's figure. An instruction count is exact and does not depend on the machine's load. Cases: the raw loop, prec
-with the guard off and on, and a loop of your own through the Precision API (``own-loop``, from ``step_calls.py``).
+case's figure. Instrumentation starts at the first tick (``callgrind_control -i on``): importing torch under
+full instrumentation would take many minutes. An instruction count does not depend on the machine's load.
+Cases: the raw loop, prec with the guard off and on, and a loop of your own through the Precision API
+(``own-loop``, from ``step_calls.py``).
 
     python benchmarks/guard_cost.py [--rounds 20] [--instructions]
 
@@ -48,9 +50,16 @@ INSTRUCTION_STEPS = 60
 
 
 class _MarkingClock:
-    """Calls ``os.getppid`` at every tick: callgrind dumps its counters there (``--dump-before=getppid``)."""
+    """Calls ``os.getppid`` at every tick: callgrind dumps its counters there (``--dump-before=getppid``). The
+    first tick switches callgrind's instrumentation on."""
+
+    def __init__(self) -> None:
+        self.started = False
 
     def tick(self) -> None:
+        if not self.started:
+            self.started = True
+            subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
         os.getppid()
 
 
@@ -67,6 +76,7 @@ def instructions_per_step(case: str, precision: str) -> float:
         command = [
             "valgrind",
             "--tool=callgrind",
+            "--instr-atstart=no",
             "--dump-before=getppid",
             "--dump-instr=no",
             f"--callgrind-out-file={folder}/cg.out",
@@ -79,8 +89,8 @@ def instructions_per_step(case: str, precision: str) -> float:
         subprocess.run(command, check=True, capture_output=True, timeout=3600)
         dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda path: int(path.name.rsplit(".", 1)[1]))
         totals = [_total(path) for path in dumps]
-    # Dump n holds what ran between tick n-1 and tick n: one whole step for n >= 2; the last dump is the run's end.
-    steps = totals[2 + WARMUP // 4 : -1]
+    # Dump n holds what ran between tick n and tick n + 1 (one whole step); the first steps warm up.
+    steps = totals[WARMUP // 2 : -1]
     print(f"{precision} {case}: {statistics.median(steps):,.0f} instructions per step", file=sys.stderr, flush=True)
     return statistics.median(steps)
 
