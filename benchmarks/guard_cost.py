@@ -6,7 +6,15 @@ warm-up, and the guard's cost is the median over rounds of (guarded - unguarded)
 of the unguarded step. Python and C calls per step are counted too (a measure load cannot distort).
 Target: the guarded step within 3 % of the unguarded one.
 
-    python benchmarks/guard_cost.py [--rounds 20]
+CPU instructions per step (``--instructions``, needs valgrind): each case runs once under callgrind, which dumps
+its counters each time the step clock ticks (the tick calls ``os.getppid``, and callgrind is told
+``--dump-before=getppid``), so every dump holds exactly one step; the median over the steps after warm-up is the
+case's figure. Instrumentation starts at the first tick (``callgrind_control -i on``): importing torch under
+full instrumentation would take many minutes. An instruction count does not depend on the machine's load.
+Cases: the raw loop, prec with the guard off and on, and a loop of your own through the Precision API
+(``own-loop``, from ``step_calls.py``).
+
+    python benchmarks/guard_cost.py [--rounds 20] [--instructions]
 
 Results: ``results/guard_cost.json`` and ``results/guard_cost.md``.
 """
@@ -15,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import StepClock, machine, make_batches, quiet_frameworks, table, write_results
 from _runners import RUNNERS
-from step_calls import count
+from step_calls import CASE_RUNNERS, count
 
 SIZES = (32, 64, 1)
 RUNS = ("raw", "prec", "prec-unguarded")
@@ -33,10 +44,97 @@ PRECISIONS = ("32-true", "bf16-mixed")
 STEPS, WARMUP = 100, 20
 
 
+INSTRUCTION_CASES = ("raw", "prec-unguarded", "prec", "own-loop")
+INSTRUCTION_PRECISIONS = ("32-true",)  # a run under callgrind takes minutes: the guard's cost is the same
+INSTRUCTION_STEPS = 60
+
+
+class _MarkingClock:
+    """Calls ``os.getppid`` at every tick: callgrind dumps its counters there (``--dump-before=getppid``). The
+    first tick switches callgrind's instrumentation on."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def tick(self) -> None:
+        if not self.started:
+            self.started = True
+            subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True)
+        os.getppid()
+
+
+def _instruction_child(case: str, precision: str) -> None:
+    quiet_frameworks()
+    torch.set_num_threads(1)
+    run, log = CASE_RUNNERS[case]
+    run(precision, SIZES, make_batches(SIZES, 32, INSTRUCTION_STEPS), _MarkingClock(), log)  # type: ignore[arg-type]
+
+
+def instructions_per_step(case: str, precision: str) -> float:
+    """Median CPU instructions of one training step of ``case`` (callgrind's ``Ir``, user space)."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--dump-before=getppid",
+            "--dump-instr=no",
+            f"--callgrind-out-file={folder}/cg.out",
+            sys.executable,
+            __file__,
+            "--child",
+            case,
+            precision,
+        ]
+        subprocess.run(command, check=True, capture_output=True, timeout=3600)
+        dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda path: int(path.name.rsplit(".", 1)[1]))
+        totals = [_total(path) for path in dumps]
+    # Dump n holds what ran between tick n and tick n + 1 (one whole step); the first steps warm up.
+    steps = totals[WARMUP // 2 : -1]
+    print(f"{precision} {case}: {statistics.median(steps):,.0f} instructions per step", file=sys.stderr, flush=True)
+    return statistics.median(steps)
+
+
+def _total(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise ValueError(f"{path} has no totals line")
+
+
+def instructions_main() -> None:
+    rows, data = [], {}
+    for precision in INSTRUCTION_PRECISIONS:
+        figures = {case: instructions_per_step(case, precision) for case in INSTRUCTION_CASES}
+        data[precision] = figures
+        raw = figures["raw"]
+        rows.append(
+            [precision]
+            + [f"{figures[case]:,.0f} ({figures[case] / raw:.3f}x)" for case in INSTRUCTION_CASES]
+            + [f"{figures['prec'] - figures['prec-unguarded']:+,.0f}"]
+        )
+        print(precision, figures, file=sys.stderr, flush=True)
+    markdown = (
+        f"# CPU instructions per step (callgrind), tiny MLP {SIZES}, batch 32, 1 thread\n\n"
+        + table(["precision", *(f"{case} (vs raw)" for case in INSTRUCTION_CASES), "guard (on - off)"], rows)
+        + "\n\nTarget: prec (guard on) <= 1.03x raw; own-loop <= 1.05x raw.\n"
+    )
+    path = write_results("guard_cost_instructions", {"machine": machine(), "results": data}, markdown)
+    print(markdown)
+    print(f"written to {path}")
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _instruction_child(sys.argv[2], sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--instructions", action="store_true", help="count CPU instructions per step (valgrind)")
     args = parser.parse_args()
+    if args.instructions:
+        instructions_main()
+        return
     quiet_frameworks()
     torch.set_num_threads(1)
     batches = make_batches(SIZES, 32, STEPS + WARMUP)

@@ -7,7 +7,7 @@ saved part and, where it applies, the live object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ __all__ = [
     "LIGHTNING_KEY",
     "check_foreign_checkpoint",
     "check_layout",
+    "check_finite_optimizer_state",
+    "check_finite_weights",
     "check_model_state",
     "is_lightning_checkpoint",
     "load_optimizer_state",
@@ -88,6 +90,56 @@ def check_layout(path: Path, checkpoint: Mapping[str, Any]) -> None:
         value = loops.get(counter, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CheckpointError(f"checkpoint {path}: loops[{counter!r}] is {value!r}, not a non-negative int.")
+
+
+def _nonfinite(value: Any) -> bool:
+    return (
+        isinstance(value, torch.Tensor)
+        and (value.is_floating_point() or value.is_complex())
+        and not bool(torch.isfinite(value).all())
+    )
+
+
+def check_finite_weights(path: Path, saved: Mapping[str, Any], parameter_names: set[str]) -> None:
+    """The saved weights of the module's parameters are finite. Loaded NaN/inf weights would make every later
+    step's gradients non-finite, and the non-finite guard would skip them all, blaming the gradients. Buffers are
+    not checked: a mask of ``-inf`` is a legitimate buffer."""
+    bad = [key for key in sorted(parameter_names) if key in saved and _nonfinite(saved[key])]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path}: the weights {_names(bad)} hold inf/NaN; every step from them would be skipped."
+            " Resume from an earlier checkpoint (prec refuses to load non-finite weights)."
+        )
+
+
+def check_finite_optimizer_state(
+    path: Path,
+    index: int,
+    saved: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    name_of: Callable[[torch.Tensor, str], str],
+) -> None:
+    """The saved per-parameter state of optimizer ``index`` is finite: NaN in Adam's ``exp_avg_sq`` with finite
+    weights loads silently, and the first step writes NaN into every weight it updates. ``name_of(param,
+    fallback)``: the model's name of a live parameter."""
+    live = [param for group in optimizer.param_groups for param in group["params"]]
+    saved_ids = [saved_id for group in saved["param_groups"] for saved_id in group["params"]]
+    by_saved_id = dict(zip(saved_ids, live, strict=False))
+    bad = []
+    for saved_id, entry in saved["state"].items():
+        if not isinstance(entry, Mapping):
+            continue
+        for key, value in entry.items():
+            if _nonfinite(value):
+                param = by_saved_id.get(saved_id)
+                fallback = f"parameter {saved_id}"
+                bad.append(f"{key!r} of {name_of(param, fallback) if param is not None else fallback}")
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path}: optimizer {index} ({type(optimizer).__name__}) state {_names(bad)} holds inf/NaN;"
+            " the first step would write NaN into the weights. Resume from an earlier checkpoint, or load the"
+            " weights alone and start the optimizer afresh."
+        )
 
 
 def check_model_state(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -51,6 +52,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from prec._warnings import warn
 from prec.checkpoint.sharded_manifest import (
     BACKUP_SUFFIX,
     MANIFEST,
@@ -64,7 +66,7 @@ from prec.checkpoint.sharded_manifest import (
 )
 from prec.checkpoint.sharded_reader import SafeReader, raise_checkpoint_error, read_whole
 from prec.cluster.dtensor import LAYOUT_KEY, assemble_full, localize, with_full_leaves
-from prec.errors import CheckpointError
+from prec.errors import CheckpointError, PrecWarning
 
 #: ``optimizer_view(module)``: a context in which ``module``'s parameters are the tensors the optimizers step
 #: (``Precision.checkpoint_parameters``): DCP names optimizer state by the module's parameters, found by identity.
@@ -80,6 +82,9 @@ __all__ = [
     "save_sharded",
     "split_optimizer_state",
 ]
+
+
+_LISTED = 8
 
 
 def _rank() -> int:
@@ -154,6 +159,13 @@ def load_sharded(
         with optimizer_view(module):
             payload["optim"] = get_optimizer_state_dict(module, list(optimizers))
     reader = SafeReader(source, listed_files(source))
+    casts = raise_checkpoint_error(lambda: dtype_changes(reader.read_metadata(), payload), source)
+    if casts and _rank() == 0:
+        warn(
+            f"sharded checkpoint {source.name} holds {len(casts)} tensors in another dtype than this run's; they"
+            f" are cast on load: {', '.join(casts[:_LISTED])}{' …' if len(casts) > _LISTED else ''}.",
+            PrecWarning,
+        )
     raise_checkpoint_error(lambda: dcp.load(payload, storage_reader=reader), source)
     set_model_state_dict(module, payload["model"])
     if optimizers:
@@ -167,6 +179,31 @@ def load_sharded(
         extras = with_full_leaves(extras, [_read_extras(source, rank) for rank in range(saved_world)])
     extras.pop("sharded", None)
     return extras
+
+
+def dtype_changes(metadata: Any, payload: dict[str, Any]) -> list[str]:
+    """``"name (saved dtype -> loaded dtype)"`` for each tensor of ``payload`` that ``dcp.load`` would read from a
+    tensor saved in another dtype (DCP casts on read, without a word). Keys follow DCP's flattening: nested dict
+    keys and list indices joined with dots."""
+    saved = {
+        key: entry.properties.dtype
+        for key, entry in metadata.state_dict_metadata.items()
+        if isinstance(entry, TensorStorageMetadata)
+    }
+    changes: list[str] = []
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{prefix}.{index}", item)
+        elif isinstance(value, torch.Tensor) and prefix in saved and saved[prefix] != value.dtype:
+            changes.append(f"{prefix} ({saved[prefix]} -> {value.dtype})")
+
+    visit("", payload)
+    return changes
 
 
 def _read_extras(source: Path, rank: int) -> dict[str, Any]:

@@ -25,12 +25,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from prec.errors import ConfigurationError
-from prec.precision.guard import NonFiniteGuard, NonFinitePolicy
+from prec.precision.guard import BOUND_STEP, NonFiniteGuard, NonFinitePolicy
 
 if TYPE_CHECKING:
     from prec.accelerator import Accelerator
 
 GRADIENT_CLIP_ALGORITHMS = ("norm", "value")
+#: One reusable no-op context (``nullcontext`` is reentrant): a step enters it without building a new one.
+_NO_CONTEXT: AbstractContextManager[None] = nullcontext()
 #: The per-step methods a loop may leave uncalled while a class keeps them as the 32-true no-op (see
 #: :attr:`Precision.passthrough`).
 PER_STEP_METHODS = ("convert_input", "forward_context", "backward", "convert_output")
@@ -163,6 +165,13 @@ class Precision:
         """Cast an already built module's parameters and buffers to this precision (in place, returned)."""
         return module
 
+    def produced_param_dtypes(self) -> frozenset[torch.dtype]:
+        """The dtypes :meth:`convert_module` may give floating parameters (float32 is always allowed for modules
+        a ``keep_float32`` policy keeps). The default is :attr:`param_dtype`; a quantizing precision whose
+        conversion stores other floating dtypes declares them here. The Trainer checks each conversion against
+        it and names the plugin that broke it."""
+        return frozenset({self.param_dtype})
+
     def tensor_init_context(self) -> AbstractContextManager[None]:
         """Context in which new tensors get this precision's dtype (the default dtype)."""
         return nullcontext()
@@ -192,7 +201,7 @@ class Precision:
     # -- steps ----------------------------------------------------------------------------------------------
     def forward_context(self) -> AbstractContextManager[None]:
         """Context around each ``*_step``: autocast for mixed precisions, the default dtype for true ones."""
-        return nullcontext()
+        return _NO_CONTEXT
 
     def convert_input(self, data: Any) -> Any:
         """Cast floating-point inputs (any nesting of tuples, lists and dicts) to the compute dtype."""
@@ -251,10 +260,27 @@ class Precision:
         gradients inside ``step``, where they cannot be checked first: it is not guarded.
         ``update=False`` defers :meth:`update_scaler` when several optimizers step from one backward pass.
         """
-        guard = self.guard
+        try:
+            guard = self.__dict__["_guard"]  # the property, without a call per step
+        except KeyError:
+            guard = self.guard
         if closure is not None or not guard.active:
             self.step_skipped = False
             return self.apply_optimizer_step(optimizer, closure, **kwargs)
+        if kwargs:
+            return self._checked_step(optimizer, kwargs)
+        # The Trainer's fast path: bound once per optimizer and kept on it, bound anew when its groups change.
+        try:
+            owner, groups, count, step = optimizer.__dict__[BOUND_STEP]
+        except KeyError:
+            return guard.cached_step(optimizer, self._bind_guarded_step)()
+        if owner is guard and groups is optimizer.param_groups and count == len(groups):
+            return step()
+        return guard.cached_step(optimizer, self._bind_guarded_step)()
+
+    def _checked_step(self, optimizer: Optimizer, kwargs: dict[str, Any]) -> Any:
+        """The guarded step without binding: fused optimizers (the flag goes to the device), step arguments."""
+        guard = self.guard
         found = guard.found_nonfinite(optimizer)
         if found is False:
             self.step_skipped = False
@@ -296,7 +322,15 @@ class Precision:
             or cls.apply_optimizer_step is not Precision.apply_optimizer_step
         ):
             return partial(self.optimizer_step, optimizer)
-        return self.guard.bind_step(optimizer, self)
+        return self._bind_guarded_step(optimizer)
+
+    def _bind_guarded_step(self, optimizer: Optimizer) -> Callable[[], Any]:
+        """The guard's bound step of ``optimizer``, stepping through :meth:`apply_optimizer_step` where a class
+        overrides it."""
+        overridden = type(self).apply_optimizer_step is not Precision.apply_optimizer_step
+        return self.guard.bind_step(
+            optimizer, self, self.apply_optimizer_step if overridden else None, partial(self._checked_step, kwargs={})
+        )
 
     def update_scaler(self) -> None:
         """Adjust the loss scale once per iteration, after every optimizer stepped; a no-op without a scaler."""

@@ -2,9 +2,16 @@
 
 Every :class:`~prec.Precision` owns one :class:`NonFiniteGuard`. Before each optimizer step it checks the gradients
 of that optimizer's parameters with one fused kernel (``torch._amp_foreach_non_finite_check_and_unscale_`` with a
-scale of 1, the kernel torch's GradScaler uses) and, under the default policy, skips the step, counts it and warns.
+scale of 1, the kernel torch's GradScaler uses) and, under the default policy, skips the step, counts it and warns
+(the first skip at every precision, a grad scaler's included), saying what caused it
+(:mod:`prec.precision.diagnosis`: poisoned weights or optimizer state, a NaN loss, an overflow).
 A run of consecutive skipped steps is an alarm: a warning after ``warn_after`` and :class:`~prec.errors.NonFiniteError`
 after ``raise_after`` (a run that only skips is a run that no longer trains).
+
+Per step the bound step (:meth:`NonFiniteGuard.bind_step`; the Trainer binds once per epoch, a loop of your own
+calling ``precision.optimizer_step(optimizer)`` gets it cached on the optimizer) does O(1) work in Python: the
+gradient list is built in C (``map``), one fused check kernel runs, and on the CPU the flag is read through a numpy
+view of it, without a torch call.
 
 Where the decision is made:
 
@@ -12,13 +19,17 @@ Where the decision is made:
   the device; off the CPU its flag is read lazily, every ``warn_after`` steps, so the guard adds no host-device
   synchronisation per step;
 * any other optimizer needs the flag on the host before it steps: free on the CPU (there is no device to wait
-  for), one synchronisation per optimizer step elsewhere (said once with a :class:`~prec.errors.PerformanceWarning`).
+  for), one synchronisation per optimizer step elsewhere, as torch's GradScaler needs with such an optimizer (said
+  once with a :class:`~prec.errors.PerformanceWarning`).
 """
 
 from __future__ import annotations
 
+import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,10 +38,15 @@ from torch.optim import Optimizer
 
 from prec._warnings import warn
 from prec.errors import ConfigurationError, NonFiniteError, PerformanceWarning, PrecWarning
+from prec.precision.diagnosis import diagnose, listed
+from prec.precision.nonfinite_check import check_for, host_view, same_device, takes_found_inf
 
 #: What the guard does about a non-finite gradient.
 NONFINITE_MODES = ("skip", "raise", "off")
-_LISTED = 8
+_GRAD = operator.attrgetter("grad")
+#: Where :meth:`NonFiniteGuard.cached_step` keeps an optimizer's bound step: ``(guard, param_groups, their number,
+#: step)`` in the optimizer's ``__dict__``.
+BOUND_STEP = "_prec_bound_step"
 
 
 @dataclass(frozen=True)
@@ -82,10 +98,16 @@ class NonFiniteGuard:
     """Checks gradients before a step, counts skipped steps and raises the alarm; one per Precision."""
 
     def __init__(self, policy: NonFinitePolicy | None = None) -> None:
+        #: Whether the guard checks anything (the policy's mode is not ``"off"``): a plain attribute, kept by the
+        #: ``policy`` setter, because every optimizer step reads it.
+        self.active = True
         self.policy = policy or NonFinitePolicy()
         self.parameter_names: dict[int, str] = {}
         #: Where messages read the current optimizer step from (the Trainer sets it; ``None`` in your own loop).
         self.step_source: Callable[[], int] | None = None
+        #: The last loss before loss scaling (set by a grad-scaling precision): a skip report says whether it was
+        #: already NaN (the data) or the scaled backward overflowed.
+        self.last_loss: Tensor | None = None
         self.skipped = 0  # steps skipped and read back on the host
         self.consecutive = 0  # consecutive skipped steps, as last read
         self._pending: Tensor | None = None  # device-side skips not read yet (lazy devices)
@@ -94,15 +116,36 @@ class NonFiniteGuard:
         self._warned_skip = False
         self._warned_sync = False
         self._alarmed = False  # this run of skips was warned about
+        self._last_skipped = False  # the precision's step_skipped may be set: the next good step clears it
         self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._copies: dict[int, Tensor] = {}  # id(copy the optimizer steps) -> the model parameter it stands for
 
     @property
-    def active(self) -> bool:
-        return self.policy.mode != "off"
+    def policy(self) -> NonFinitePolicy:
+        """What the guard does about a non-finite gradient."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: NonFinitePolicy) -> None:
+        self._policy = policy
+        self.active = policy.mode != "off"
 
     def watch(self, module: torch.nn.Module) -> None:
         """Remember parameter names, so a detection can say which gradients were non-finite."""
         self.parameter_names = {id(param): name for name, param in module.named_parameters()}
+
+    def name_copies(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """``(model parameter, copy)`` pairs: the optimizer steps the copies (float32 master weights), reports
+        name them by their parameter."""
+        for param, copy in pairs:
+            self._copies[id(copy)] = param
+
+    def name_of(self, param: Tensor, fallback: str) -> str:
+        """The model's name for ``param`` (or for the parameter it is a copy of), else ``fallback``."""
+        name = self.parameter_names.get(id(param))
+        if name is None and id(param) in self._copies:
+            name = self.parameter_names.get(id(self._copies[id(param)]))
+        return name if name is not None else fallback
 
     # -- checking ---------------------------------------------------------------------------------------------
     def found_nonfinite(self, optimizer: Optimizer) -> bool | Tensor:
@@ -112,64 +155,100 @@ class NonFiniteGuard:
             return False
         device = grads[0].device
         found, one = self._device_flags(device)
-        if not _takes_found_inf(optimizer):
-            check_for(device)(_same_device(grads, device), found, one)
+        if not takes_found_inf(optimizer):
+            check_for(device)(same_device(grads, device), found, one)
             if device.type != "cpu":
                 self._warn_sync(device, optimizer)
             if not found.item():
                 self.consecutive = 0
                 self._alarmed = False
+                self._last_skipped = False
                 return False
             found.zero_()
+            self._last_skipped = True
             return True
-        found = torch.zeros((), device=device)  # handed to the optimizer, which keeps a reference until it steps
+        # Handed to the optimizer, which keeps a reference until it steps; float32 whatever the default dtype.
+        found = torch.zeros((), device=device, dtype=torch.float32)
         check_for(device)(grads, found, one)
+        self._last_skipped = True
         return found
 
-    def bind_step(self, optimizer: Optimizer, precision: Any) -> Callable[[], Any]:
-        """A zero-argument guarded ``optimizer.step()`` for loops that step the same optimizer many times: the
-        parameter list is flattened once here, so a step costs the check kernel and one flag read. Rebind after
+    def cached_step(self, optimizer: Optimizer, bind: Callable[[Optimizer], Callable[[], Any]]) -> Callable[[], Any]:
+        """The bound step of ``optimizer`` (``bind(optimizer)``), kept on the optimizer itself (under
+        :data:`BOUND_STEP`, which ``Optimizer.state_dict`` and pickling leave out): it lives and dies with the
+        optimizer, and holds it only weakly. Reused while the entry is this guard's and ``param_groups`` is the
+        same list with the same number of groups (``add_param_group`` and ``load_state_dict`` bind anew)."""
+        groups = optimizer.param_groups
+        entry = optimizer.__dict__.get(BOUND_STEP)
+        if entry is not None and entry[0] is self and entry[1] is groups and entry[2] == len(groups):
+            return entry[3]  # type: ignore[no-any-return]
+        step = bind(optimizer)
+        optimizer.__dict__[BOUND_STEP] = (self, groups, len(groups), step)
+        return step
+
+    def bind_step(
+        self,
+        optimizer: Optimizer,
+        precision: Any,
+        apply: Callable[[Optimizer], Any] | None = None,
+        unbound: Callable[[Optimizer], Any] | None = None,
+    ) -> Callable[[], Any]:
+        """A zero-argument guarded step for loops that step the same optimizer many times: everything
+        per-parameter is prepared once here, so a step costs the gradient list (built in C), the check kernel and
+        one flag read (free on the CPU). ``apply(optimizer)`` runs a step that goes ahead (default:
+        ``optimizer.step()``); ``unbound(optimizer)`` steps an optimizer this cannot bind (fused: it skips on the
+        device; parameters on several devices), by default ``precision.optimizer_step(optimizer)``. The step holds
+        the optimizer through a weak reference only, so it may be cached on the optimizer itself. Rebind after
         changing ``optimizer.param_groups`` (the Trainer binds once per epoch). ``precision.step_skipped`` is kept
         up to date."""
-        step = optimizer.step
         precision.step_skipped = False
-        if not self.active:
-            return step
+        self._last_skipped = False
+        if not self.active:  # never cached on the optimizer (only a guarded step is): a plain reference is fine
+            return optimizer.step if apply is None else partial(apply, optimizer)
+        ref = weakref.ref(optimizer)
         params = [param for group in optimizer.param_groups for param in group["params"]]
         devices = {param.device for param in params}
-        if len(devices) != 1 or _takes_found_inf(optimizer):
-            return lambda: precision.optimizer_step(optimizer)
+        if len(devices) != 1 or takes_found_inf(optimizer):
+            fallback = unbound if unbound is not None else precision.optimizer_step
+            return lambda: fallback(ref())
         (device,) = devices
         if device.type != "cpu":
             self._warn_sync(device, optimizer)
         found, one = self._device_flags(device)
         check = check_for(device)
-        skipped_last = self.consecutive > 0
+        flag = host_view(found)
+
+        def skip(target: Optimizer) -> None:
+            found.zero_()
+            self._last_skipped = True
+            precision.step_skipped = True
+            self.record(target, True, _no_scale)
 
         def guarded_step() -> Any:
-            nonlocal skipped_last
-            grads = [param.grad for param in params if param.grad is not None]
-            if grads:
+            target = ref()
+            grads = [*map(_GRAD, params)]
+            try:
                 check(grads, found, one)
-                if found.item():
-                    found.zero_()
-                    skipped_last = True
-                    precision.step_skipped = True
-                    self.record(optimizer, True, _no_scale)
-                    return None
-            if skipped_last:
-                skipped_last = False
+            except TypeError:  # a parameter without a gradient (frozen, or unused this step)
+                check([grad for grad in grads if grad is not None], found, one)
+            if flag[()] if flag is not None else found.item():
+                return skip(target)
+            if self._last_skipped:
+                self._last_skipped = False
                 precision.step_skipped = False
                 self.consecutive = 0
                 self._alarmed = False
-            return step()
+            return target.step() if apply is None else apply(target)
 
         return guarded_step
 
     def _device_flags(self, device: torch.device) -> tuple[Tensor, Tensor]:
         flags = self._flags.get(device)
-        if flags is None:
-            flags = self._flags[device] = (torch.zeros((), device=device), torch.ones((), device=device))
+        if flags is None:  # float32 whatever the default dtype (64-true, bf16-true set it around the steps)
+            flags = self._flags[device] = (
+                torch.zeros((), device=device, dtype=torch.float32),
+                torch.ones((), device=device, dtype=torch.float32),
+            )
         return flags
 
     def _warn_sync(self, device: torch.device, optimizer: Optimizer) -> None:
@@ -177,8 +256,9 @@ class NonFiniteGuard:
             self._warned_sync = True
             warn(
                 f"the non-finite guard reads one flag per step from {device} for {type(optimizer).__name__}, which"
-                " cannot skip a step on the device: one host-device synchronisation per step. Pass fused=True"
-                " to the optimizer (Adam, AdamW, SGD) to skip on the device, or Trainer(nonfinite='off').",
+                " cannot skip a step on the device: one host-device synchronisation per step, as torch's GradScaler"
+                " needs. Pass fused=True to the optimizer (Adam, AdamW, SGD) to skip on the device, or"
+                " Trainer(nonfinite='off').",
                 PerformanceWarning,
             )
 
@@ -188,8 +268,9 @@ class NonFiniteGuard:
     ) -> None:
         """Count a step's outcome and raise the alarm on a long run of skips. ``skipped`` may live on the device
         (fused optimizers, grad scalers that did not sync): then it is read every ``warn_after`` steps.
-        ``loss_scaling``: the skip came from a grad scaler's overflow search, which is how dynamic loss scaling
-        works, so only a long run of them (the alarm) is reported."""
+        ``loss_scaling``: the skip came from a grad scaler, whose overflow steps are how dynamic loss scaling
+        works: the first skip still warns (saying whether it was an overflow or a NaN), the rest count."""
+        read_now = not isinstance(skipped, Tensor)
         if isinstance(skipped, Tensor):
             flag = skipped.gt(0).to(torch.int64).reshape(())
             run = self._run if self._run is not None else self.consecutive
@@ -198,6 +279,7 @@ class NonFiniteGuard:
             self._steps_since_read += 1
             if flag.device.type != "cpu" and self._steps_since_read < self.policy.warn_after:
                 return
+            read_now = flag.device.type == "cpu"  # the flag is this step's: its gradients are still there
             self.consecutive = int(self._run.item())
             self._run = None
             self._settle()
@@ -210,18 +292,19 @@ class NonFiniteGuard:
         if not skipped:
             self._alarmed = False
             return
-        if loss_scaling or self.policy.mode == "off":
-            self._alarm(optimizer, scale)
-            return
-        if self.policy.mode == "raise":
-            raise NonFiniteError(self._describe(optimizer, scale, "found non-finite gradients"))
+        if self.policy.mode == "raise" and not loss_scaling:
+            raise NonFiniteError(self._describe(optimizer, scale, "found non-finite gradients", read_now))
         if not self._warned_skip:
             self._warned_skip = True
-            warn(
-                self._describe(optimizer, scale, "skipped an optimizer step with non-finite gradients")
-                + " Further skips are counted in the 'skipped_steps' metric.",
-                PrecWarning,
-            )
+            what = "skipped an optimizer step with non-finite gradients"
+            note = " Further skips are counted in the 'skipped_steps' metric."
+            if loss_scaling:
+                what = "skipped an optimizer step under loss scaling"
+                note = (
+                    " Further skips (overflows are how dynamic loss scaling finds its scale) are counted in the"
+                    " 'skipped_steps' metric."
+                )
+            warn(self._describe(optimizer, scale, what, read_now) + note, PrecWarning)
         self._alarm(optimizer, scale)
 
     def _settle(self) -> None:
@@ -246,14 +329,26 @@ class NonFiniteGuard:
                 PrecWarning,
             )
 
-    def _describe(self, optimizer: Optimizer, scale: Callable[[], Any], what: str) -> str:
+    def _describe(self, optimizer: Optimizer, scale: Callable[[], Any], what: str, diagnosed: bool = True) -> str:
         step = self.step_source() if self.step_source is not None else None
         where = f"at optimizer step {step}" if step is not None else "at an optimizer step"
         current = scale()
         scale_text = f", loss scale {current}" if current is not None else ""
         names = self.nonfinite_parameters(optimizer)
-        listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-        return f"prec {what} {where}{scale_text}; non-finite gradients in: {listed or 'no parameter (already zeroed)'}."
+        named = listed(names) or "no parameter (already zeroed)"
+        text = f"prec {what} {where}{scale_text}; non-finite gradients in: {named}."
+        if diagnosed:
+            cause = diagnose(optimizer, self._namer(optimizer), self.last_loss)
+            text += f" {cause}" if cause else ""
+        return text
+
+    def _namer(self, optimizer: Optimizer) -> Callable[[Tensor], str]:
+        where = {
+            id(param): f"param_groups[{group_index}][{index}]"
+            for group_index, group in enumerate(optimizer.param_groups)
+            for index, param in enumerate(group["params"])
+        }
+        return lambda param: self.name_of(param, where.get(id(param), "an unnamed tensor"))
 
     def nonfinite_parameters(self, optimizer: Optimizer) -> list[str]:
         """Names of ``optimizer``'s parameters whose gradients hold inf/NaN (reads every gradient: detection only)."""
@@ -261,7 +356,7 @@ class NonFiniteGuard:
         for group_index, group in enumerate(optimizer.param_groups):
             for index, param in enumerate(group["params"]):
                 if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                    names.append(self.parameter_names.get(id(param), f"param_groups[{group_index}][{index}]"))
+                    names.append(self.name_of(param, f"param_groups[{group_index}][{index}]"))
         return names
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -278,34 +373,5 @@ class NonFiniteGuard:
         self.consecutive = int(state.get("consecutive_skips", 0))
 
 
-def check_for(device: torch.device) -> Callable[[list[Tensor], Tensor, Tensor], None]:
-    """The non-finite check for ``device``: torch's fused AMP kernel on cpu and cuda (it multiplies by the scale,
-    here 1, in place); elsewhere (xla, which refuses a float32 scale on 16-bit gradients) plain tensor ops."""
-    if device.type in ("cpu", "cuda"):
-        return torch._amp_foreach_non_finite_check_and_unscale_
-    return _generic_check
-
-
-def _generic_check(grads: list[Tensor], found: Tensor, one: Tensor) -> None:
-    finite = torch.stack([torch.isfinite(grad).all() for grad in grads]).all()
-    found.copy_(torch.logical_not(finite).to(found.dtype))
-
-
 def _no_scale() -> None:
     return None
-
-
-def _takes_found_inf(optimizer: Optimizer) -> bool:
-    """torch's fused optimizers read ``optimizer.found_inf`` in ``step()`` and skip on the device."""
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and any(
-        group.get("fused") for group in optimizer.param_groups
-    )
-
-
-def _same_device(grads: list[Tensor], device: torch.device) -> Iterable[Tensor]:
-    if all(grad.device == device for grad in grads):
-        return grads
-    raise ConfigurationError(
-        "the non-finite guard found gradients on several devices in one optimizer; use one optimizer per device"
-        " or Trainer(nonfinite='off')."
-    )

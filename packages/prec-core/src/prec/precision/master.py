@@ -92,6 +92,7 @@ class MasterWeightsPrecision(TruePrecision):
             return
         if self.master_weights.keeps_float32_copy:
             self._pairs[id(optimizer)] = _install_masters(optimizer, self.param_dtype)
+            self.guard.name_copies(self._pairs[id(optimizer)])  # skip reports name the model's parameters
         else:
             kahan = self.master_weights.compensates
             entries = [

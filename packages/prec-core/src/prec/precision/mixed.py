@@ -152,6 +152,7 @@ class MixedPrecision(Precision):
     @override
     def backward(self, tensor: Tensor, module: torch.nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
+            self.guard.last_loss = tensor  # a skip report tells a NaN loss from an overflow of the scaled one
             tensor = self.scaler.scale(tensor)
         tensor.backward(*args, **kwargs)
 
@@ -206,7 +207,7 @@ class MixedPrecision(Precision):
     @override
     def bind_optimizer_step(self, optimizer: Optimizer) -> Callable[[], Any]:
         if self.scaler is None and type(self).optimizer_step is MixedPrecision.optimizer_step:
-            return self.guard.bind_step(optimizer, self)  # no scaler: exactly the base class's guarded step
+            return self._bind_guarded_step(optimizer)  # no scaler: exactly the base class's guarded step
         return super().bind_optimizer_step(optimizer)
 
     @override

@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 from typing_extensions import override
 
+from prec.errors import ConfigurationError
 from prec.precision.base import Precision, apply_to_tensors, default_dtype, to_float32
 from prec.precision.policy import ModulePolicy
 from prec.precision.tf32 import Float32Flags
@@ -45,6 +47,27 @@ class TruePrecision(Precision):
     @override
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return self.module_policy.apply(module, cast_to=self.param_dtype)
+
+    @override
+    def setup_optimizer(self, optimizer: Optimizer) -> None:
+        """Refuse an ``eps`` that is 0 in the weights' dtype (Adam's default 1e-8 in float16): the optimizer state
+        lives in that dtype, so ``sqrt(v) + eps`` is 0 wherever ``v`` underflows, and a finite gradient writes
+        NaN into the weights (which the non-finite guard, checking gradients, cannot see coming)."""
+        super().setup_optimizer(optimizer)
+        for index, group in enumerate(optimizer.param_groups):
+            eps = group.get("eps")
+            dtypes = {param.dtype for param in group["params"] if param.is_floating_point()}
+            if not isinstance(eps, float) or eps <= 0:
+                continue
+            vanishing = sorted(str(dtype) for dtype in dtypes if torch.tensor(eps, dtype=dtype).item() == 0)
+            if vanishing:
+                raise ConfigurationError(
+                    f"{self.name}: {type(optimizer).__name__}(eps={eps}) in param group {index} is 0 in"
+                    f" {', '.join(vanishing)}, where {self.name} keeps the weights and the optimizer state: the"
+                    " first update from a small but finite gradient divides by zero and writes NaN into the"
+                    " weights. Pass eps >= 1e-7 (float16's smallest step above 0 is 6e-8), or"
+                    " precision_options={'master_weights': 'fp32'} (the optimizer then runs in float32)."
+                )
 
     @override
     def tensor_init_context(self) -> AbstractContextManager[None]:

@@ -3,7 +3,8 @@
 The precision maps onto FSDP's own machinery:
 
 * bf16-mixed / 16-mixed: ``MixedPrecisionPolicy(param_dtype=<16-bit dtype>, reduce_dtype=float32)``: each unit
-  all-gathers its parameters in 16 bits for compute, gradients are reduced in float32 onto float32 shards
+  all-gathers its parameters in 16 bits for compute, gradients are reduced in float32 (``reduce_dtype``: bfloat16
+  on request) onto float32 shards
   (autocast still covers the ops outside the sharded units). 16-mixed's grad scaler becomes torch's
   ``ShardedGradScaler``, which unscales sharded (DTensor) gradients and all-reduces the inf/NaN check.
 * 32-true and the *-true precisions: no policy; the parameters were cast by the precision first, so the shards
@@ -38,6 +39,7 @@ from typing_extensions import override
 
 from prec.errors import ConfigurationError
 from prec.model.steps import step_caller
+from prec.options import Option
 from prec.precision import MixedPrecision
 from prec.precision.policy import fsdp_policy_groups
 from prec.strategies.ddp import DDPStrategy, StepForward, unwrap
@@ -46,10 +48,18 @@ _ROOT_ATTRIBUTE = "_prec_fsdp_root"
 ShardPolicy = Iterable[type[torch.nn.Module]] | Callable[[torch.nn.Module], bool] | None
 
 
-def mixed_precision_policy(precision: Any) -> MixedPrecisionPolicy:
-    """FSDP's policy for a prec precision (see the module docstring)."""
+#: The dtypes gradients may be reduced in (``FSDPStrategy(reduce_dtype=...)``).
+REDUCE_DTYPES = (torch.float32, torch.bfloat16)
+REDUCE_DTYPE = Option(
+    "reduce_dtype", "torch.float32 or torch.bfloat16", lambda value: value in REDUCE_DTYPES, torch.float32
+)
+
+
+def mixed_precision_policy(precision: Any, reduce_dtype: torch.dtype = torch.float32) -> MixedPrecisionPolicy:
+    """FSDP's policy for a prec precision (see the module docstring); ``reduce_dtype`` applies to mixed
+    precisions, whose float32 shards receive the reduced gradients."""
     if isinstance(precision, MixedPrecision):
-        return MixedPrecisionPolicy(param_dtype=precision.compute_dtype, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy(param_dtype=precision.compute_dtype, reduce_dtype=reduce_dtype)
     return MixedPrecisionPolicy()
 
 
@@ -59,15 +69,29 @@ class FSDPStrategy(DDPStrategy):
     Args:
         shard_modules: module classes (or a predicate) whose instances become their own FSDP unit.
         reshard_after_forward: free gathered parameters after forward (less memory, one more all-gather).
+        reduce_dtype: the dtype gradients are reduce-scattered in under the mixed precisions (bf16-mixed,
+            16-mixed): ``torch.float32`` (default) sums every rank's contribution exactly enough for float32
+            shards; ``torch.bfloat16`` halves the gradient traffic and the reduce buffers, at the price of 8
+            mantissa bits in the sum (the error grows with the number of ranks, and small gradients next to
+            large ones are lost). The -true precisions reduce in their weights' dtype, and ``keep_float32``
+            modules always in float32.
         process_group_backend, timeout: as for :class:`prec.distributed.DDPStrategy`.
     """
 
     name = "fsdp"
 
     def __init__(
-        self, *args: Any, shard_modules: ShardPolicy = None, reshard_after_forward: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        shard_modules: ShardPolicy = None,
+        reshard_after_forward: bool = True,
+        reduce_dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
     ) -> None:
+        if not REDUCE_DTYPE.check(reduce_dtype):
+            raise ConfigurationError(f"FSDPStrategy(reduce_dtype={reduce_dtype!r}) must be {REDUCE_DTYPE.expected}.")
         super().__init__(*args, **kwargs)
+        self.reduce_dtype: torch.dtype = reduce_dtype
         if shard_modules is None or callable(shard_modules):
             self._should_shard = shard_modules
         else:
@@ -79,7 +103,7 @@ class FSDPStrategy(DDPStrategy):
     @property
     def mp_policy(self) -> MixedPrecisionPolicy:
         """The policy for this run's precision; pass it to ``fully_shard`` in ``configure_model``."""
-        return mixed_precision_policy(self.precision)
+        return mixed_precision_policy(self.precision, self.reduce_dtype)
 
     @override
     def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:

@@ -35,6 +35,8 @@ import torch
 
 from prec._warnings import warn
 from prec.checkpoint.checks import (
+    check_finite_optimizer_state,
+    check_finite_weights,
     check_foreign_checkpoint,
     check_layout,
     check_model_state,
@@ -174,6 +176,7 @@ def _load_model_state(
     prefix = "_orig_mod."  # saved from a torch.compile wrapper by hand: the same module underneath
     if saved and all(key.startswith(prefix) for key in saved) and not any(key.startswith(prefix) for key in current):
         saved = {key[len(prefix) :]: value for key, value in saved.items()}
+    check_finite_weights(path, saved, {name for name, _ in model.named_parameters()} & set(current))
     missing = [key for key in current if key not in saved]
     unexpected = [key for key in saved if key not in current]
     shapes = [
@@ -224,6 +227,7 @@ def _load_optimizers(trainer: TrainerView, checkpoint: dict[str, Any], path: Pat
         for index, (state, target) in enumerate(zip(saved, targets, strict=True)):
             if kind == "optimizer":
                 load_optimizer_state(path, index, state, target)
+                check_finite_optimizer_state(path, index, state, target, trainer.precision_plugin.guard.name_of)
                 continue
             try:
                 target.load_state_dict(state)
@@ -233,8 +237,39 @@ def _load_optimizers(trainer: TrainerView, checkpoint: dict[str, Any], path: Pat
                 ) from error
 
 
+#: What each ``master_weights`` mode keeps in ``precision_state`` beyond the skip counters.
+_MASTER_STATE = {
+    "fp32": "the float32 master weights (the weights as training kept them, small updates included)",
+    "kahan": "the Kahan compensation buffers (the small updates bfloat16 weights could not hold)",
+    "stochastic": "the stochastic-rounding generator state",
+}
+
+
+def _drop_master_state(precision: Any, saved: dict[str, Any], path: Path, saved_precision: str) -> dict[str, Any]:
+    """A ``master_weights`` checkpoint resumed by a precision without master weights: say what is dropped."""
+    mode = saved.get("master_weights")
+    if mode is None or getattr(precision, "master_weights", None) is not None:
+        return saved
+    warn(
+        f"checkpoint {path.name} was saved by {saved_precision!r} with master_weights={mode!r}; {precision.name!r}"
+        f" has no master weights, so {_MASTER_STATE.get(mode, 'its state')} are dropped and training resumes from"
+        " the 16-bit weights. Pass precision_options={'master_weights': " + repr(mode) + "} to keep them.",
+        PrecWarning,
+    )
+    return {
+        key: value
+        for key, value in saved.items()
+        if key not in ("master_weights", "masters", "compensation", "generator")
+    }
+
+
 def _load_precision_state(trainer: TrainerView, saved: dict[str, Any], path: Path, saved_precision: str) -> None:
     precision = trainer.precision_plugin
+    saved = _drop_master_state(precision, saved, path, saved_precision)
+    masters = [tensor for group in saved.get("masters", ()) for tensor in group]
+    check_finite_weights(
+        path, {f"masters[{i}]": t for i, t in enumerate(masters)}, {f"masters[{i}]" for i in range(len(masters))}
+    )
     has_scaler = "scaler" in precision.state_dict()
     if "scaler" in saved and not has_scaler:
         scale = saved["scaler"].get("scale")

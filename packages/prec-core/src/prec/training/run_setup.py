@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch.overrides import TorchFunctionMode
 
 from prec.loggers._protocol import call_optional
+from prec.precision.conversion import check_conversion, floating_parameter_dtypes
 from prec.training.checkpointing import load_checkpoint
 from prec.training.hook_calls import refuse_uncalled_overrides
 from prec.training.logging import finalize_logs, flush_logs
@@ -36,7 +37,9 @@ def setup_model(trainer: TrainerView, model: TrainingModule, stage: str) -> None
     model.setup(stage)
     with trainer.init_module():
         model.configure_model()
+    before = floating_parameter_dtypes(model)
     precision.convert_module(model)
+    check_conversion(precision, model, before, trainer.registry.describe(precision))
     precision.setup_module(model)
     precision.guard.watch(model)
     precision.guard.step_source = lambda: trainer.global_step
