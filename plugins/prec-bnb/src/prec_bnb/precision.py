@@ -55,8 +55,6 @@ class BitsandbytesPrecision(MixedPrecision):
     """One of Lightning's ``BitsandbytesPrecision`` modes as a prec precision (see the package README)."""
 
     param_dtype = torch.float32
-    #: What a frozen quantized Linear weight is stored as (the conformance kit accepts these beside param_dtype).
-    storage_dtypes = (torch.uint8, torch.int8)
 
     def __init__(
         self,
@@ -111,6 +109,13 @@ class BitsandbytesPrecision(MixedPrecision):
             base.__init__(layer, *args, compute_dtype=compute_dtype, **kwargs)
 
         return type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__})
+
+    @override
+    def produced_param_dtypes(self) -> frozenset[torch.dtype]:
+        """Float32 trainable parameters, the frozen weights' integer storage (4-bit packed in uint8, int8), and
+        int8-training's float16 weight, which it trains and re-quantizes each step."""
+        trained = {torch.float16} if self.mode == "int8-training" else set()
+        return frozenset({self.param_dtype, torch.uint8, torch.int8, *trained})
 
     @override
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:

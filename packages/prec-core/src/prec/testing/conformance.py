@@ -182,8 +182,8 @@ def check_init_module(case: _Case) -> None:
         layer = torch.nn.Linear(4, 4)
     _same_state(case, before, "module_init_context()")
     dtypes = {param.dtype for param in layer.parameters()}
-    # A quantizing precision declares the integer storage its frozen weights take (``storage_dtypes``).
-    allowed = {precision.param_dtype, *getattr(precision, "storage_dtypes", ())}
+    # A quantizing precision declares the storage its frozen weights take (``produced_param_dtypes``).
+    allowed = {precision.param_dtype, *precision.produced_param_dtypes()}
     if precision.param_dtype not in dtypes or not dtypes <= allowed:
         raise AssertionError(f"a Linear built in module_init_context() has {dtypes}, not {precision.param_dtype}")
 
