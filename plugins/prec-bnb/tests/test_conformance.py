@@ -21,7 +21,7 @@ KIT_OPTIONS = {"ignore_modules": ["2", "layer"]}
 @pytest.mark.parametrize("compute_dtype", ["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("name", CPU_NAMES)
 def test_conformance_on_cpu(name: str, compute_dtype: str) -> None:
-    """Every check passes: the kit accepts the declared integer storage of frozen weights (``produced_param_dtypes``)."""
+    """Every check passes: the kit accepts the declared storage of frozen weights (``produced_param_dtypes``)."""
     check_precision(name, "cpu", options={**KIT_OPTIONS, "compute_dtype": compute_dtype})
 
 
