@@ -14,7 +14,6 @@ from torch.overrides import TorchFunctionMode
 
 from prec._warnings import warn
 from prec.errors import PrecWarning
-
 from prec.loggers._protocol import call_optional
 from prec.training.checkpointing import load_checkpoint
 from prec.training.hook_calls import refuse_uncalled_overrides
