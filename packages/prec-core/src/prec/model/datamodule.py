@@ -179,20 +179,26 @@ class StageData:
             self.datamodule.setup(self.stage)
         self.prepared = True
 
-    def loaders(self, *, worker_rank: int = 0, validation: bool = True) -> tuple[Any, ...]:
+    def loaders(
+        self, *, worker_rank: int = 0, validation: bool = True, validation_first: bool = False
+    ) -> tuple[Any, ...]:
         """The stage's loaders: ``(train, val)`` for fit (``val`` may be ``None``), ``(loader,)`` otherwise. A
         ``DataLoader`` without a ``worker_init_fn`` gets prec's when ``seed_everything(workers=True)`` ran.
 
         ``validation=False`` (the run's loop knows that validation is off: ``limit_val_batches=0`` or no
         ``validation_step``) leaves fit's validation loader out without calling ``val_dataloader()``, as
-        Lightning does. ``test``/``predict`` may have several loaders (a list or dict of DataLoaders): they come
-        back as one :class:`SeveralLoaders`."""
+        Lightning does; ``validation_first=True`` asks for it before the training loader, as Lightning does when
+        a sanity check runs first. ``test``/``predict`` may have several loaders (a list or dict of DataLoaders):
+        they come back as one :class:`SeveralLoaders`."""
         if not self.prepared:
             raise ConfigurationError("StageData.loaders() needs prepare() first (prepare_data and setup).")
-        resolved = []
-        for (method, required), (name, given) in zip(_LOADERS[self.stage], self.given.items(), strict=True):
-            wanted = validation or method != "val_dataloader" or self.stage != "fit"
-            resolved.append(self._resolve(method, required, name, given, worker_rank) if wanted else None)
+        slots = list(zip(_LOADERS[self.stage], self.given.items(), strict=True))
+        order = range(len(slots) - 1, -1, -1) if validation_first else range(len(slots))
+        resolved: list[Any] = [None] * len(slots)
+        for index in order:
+            (method, required), (name, given) = slots[index]
+            if validation or method != "val_dataloader" or self.stage != "fit":
+                resolved[index] = self._resolve(method, required, name, given, worker_rank)
         return tuple(resolved)
 
     def defines(self, method: str) -> bool:

@@ -31,7 +31,11 @@ def run_stage(trainer: TrainerView, stage: str, model: TrainingModule, ckpt_path
             data.prepare(local_rank=strategy.local_rank, global_rank=strategy.global_rank, barrier=strategy.barrier)
             setup_model(trainer, model, stage)
             validation = stage != "fit" or validation_wanted(trainer, model, data)
-            loaders = data.loaders(worker_rank=strategy.global_rank, validation=validation)
+            loaders = data.loaders(
+                worker_rank=strategy.global_rank,
+                validation=validation,
+                validation_first=stage == "fit" and trainer.num_sanity_val_steps != 0,
+            )
             if stage == "fit":
                 result = loops.run_fit(trainer, model, *loaders, data=data)
             elif stage == "predict":
