@@ -66,6 +66,21 @@ def _recording_module(framework: str) -> Any:
     return Recorder()
 
 
+@pytest.fixture(autouse=True)
+def _torch_flags_kept() -> Any:
+    """Lightning sets torch's deterministic and cuDNN flags for the session and leaves them: put them back."""
+    cudnn = torch.backends.cudnn
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    cudnn.benchmark, cudnn.deterministic = saved[2], saved[3]
+
+
 # -- benchmark --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("benchmark", "deterministic"), [(True, None), (False, None), (None, None), (None, True), (True, True)]
@@ -87,14 +102,10 @@ def test_benchmark_sets_cudnn_for_the_run_as_lightning_and_restores_it(
         _quietly(lambda: trainer.fit(_recording_module(framework), _indexed(8, 4)))
         return observed[0]
 
-    original = torch.backends.cudnn.benchmark
-    try:
-        for before in (False, True):
-            assert seen_in_fit("prec", before) == seen_in_fit("lightning", before)
-            seen_in_fit("prec", before)
-            assert torch.backends.cudnn.benchmark is before  # prec gives the session its own value back
-    finally:
-        torch.backends.cudnn.benchmark = original
+    for before in (False, True):
+        assert seen_in_fit("prec", before) == seen_in_fit("lightning", before)
+        seen_in_fit("prec", before)
+        assert torch.backends.cudnn.benchmark is before  # prec gives the session its own value back
 
 
 def test_benchmark_with_deterministic_warns_as_lightning() -> None:
