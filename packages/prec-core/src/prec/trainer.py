@@ -386,7 +386,8 @@ class Trainer:
         verbose: bool = True,
         datamodule: DataModule | None = None,
     ) -> list[dict[str, float]]:
-        """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader."""
+        """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader. Several
+        loaders (a list or dict) pass ``dataloader_idx`` to ``test_step`` and name metrics ``…/dataloader_idx_N``."""
         self.state.verbose = bool(verbose)
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
 
@@ -398,7 +399,8 @@ class Trainer:
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[Any]:
         """Run ``predict_step`` over the loader; return the outputs, passed through the precision's
-        ``convert_output`` (float32 for 16-bit precisions). ``ckpt_path`` loads weights."""
+        ``convert_output`` (float32 for 16-bit precisions); one list per loader for a list or dict of several,
+        with ``dataloader_idx`` passed to ``predict_step``. ``ckpt_path`` loads weights."""
         model = self._module("predict", model)
         data = StageData("predict", model, datamodule, dataloaders)
         return self._launch("predict", model, data, ckpt_path)
