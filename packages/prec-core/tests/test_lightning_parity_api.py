@@ -3,7 +3,12 @@ value is Lightning's to define."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import io
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -270,3 +275,60 @@ def test_a_run_shorter_than_log_every_n_steps_says_it_logs_no_steps(tmp_path: An
     )
     with pytest.warns(prec.PrecWarning, match="fewer than Trainer\\(log_every_n_steps=50\\)"):
         trainer.fit(Regressor(), _loader(), _loader())
+
+
+# -- the porting guide against Lightning 2.6.6 ------------------------------------------------------------------
+PORTING = Path(__file__).resolve().parents[3] / "docs" / "porting.md"
+
+
+def _named_in_the_guide(text: str, name: str, prefix: str = "") -> bool:
+    """``name`` appears in porting.md as `prefix+name` (optionally with a call), or under one of its patterns
+    (`on_*_model_eval`, `CHECKPOINT_HYPER_PARAMS_*`, `trainer.fit_loop` and the other loop objects)."""
+    shown = set(re.findall(r"`([\w.*]+)(?:\([^`]*\))?`", text))
+    return any(fnmatch.fnmatchcase(prefix + name, pattern) for pattern in shown) or (
+        name.endswith("_loop") and f"`{prefix}fit_loop` and the other loop objects" in text
+    )
+
+
+def test_the_porting_guide_names_every_lightning_trainer_member_prec_leaves_out() -> None:
+    text = PORTING.read_text(encoding="utf-8")
+    trainer = prec.Trainer(accelerator="cpu", **QUIET)
+    public = [name for name in dir(lightning.Trainer) if not name.startswith("_")]
+    has = set(dir(trainer))  # not hasattr: a property such as estimated_stepping_batches raises before fit
+    unnamed = [name for name in public if name not in has and not _named_in_the_guide(text, name, "trainer.")]
+    assert unnamed == []
+    named = set(re.findall(r"`trainer\.(\w+)`", text.split("## What prec does not have")[1].split("\n## ")[0]))
+    read_instead = {"current_epoch", "global_step", "state", "num_val_batches", "model", "devices", "strategy"}
+    read_instead |= {"callbacks", "should_stop", "is_global_zero"}
+    assert sorted(named & has - read_instead) == [], "the guide lists as missing what prec has"
+
+
+def test_the_porting_guide_names_every_lightning_module_member_and_callback_prec_leaves_out() -> None:
+    text = PORTING.read_text(encoding="utf-8")
+    loader_hooks = {"prepare_data", "train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader"}
+    own = set(dir(torch.nn.Module)) | loader_hooks  # prec calls the loader hooks a module defines
+    module = [name for name in dir(lightning.LightningModule) if not name.startswith("_") and name not in own]
+    unnamed = [
+        name
+        for name in module
+        if not hasattr(prec.TrainingModule, name)
+        and not _named_in_the_guide(text, name, "self.")
+        and not _named_in_the_guide(text, name)
+    ]
+    assert unnamed == []
+    data = [name for name in dir(lightning.LightningDataModule) if not name.startswith("_")]
+    assert [name for name in data if not hasattr(prec.DataModule, name) and not _named_in_the_guide(text, name)] == []
+    callbacks = [name for name in dir(lightning.callbacks) if name[0].isupper()]
+    assert [name for name in callbacks if not hasattr(prec, name) and f"`{name}`" not in text] == []
+
+
+def test_the_keep_lightning_example_of_the_porting_guide_runs() -> None:
+    """The page check skips the block (the docs environment has no Lightning); it runs here, with Lightning."""
+    pytest.importorskip("prec_lightning")
+    section = PORTING.read_text(encoding="utf-8").split("## Keep Lightning, gain prec")[1].split("\n## ")[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, str(PORTING), "exec"), {"__name__": "porting_keep_lightning"})  # noqa: S102
+    assert printed.getvalue().strip().endswith("bf16-true")

@@ -152,7 +152,7 @@ def test_log_rejects_non_scalars() -> None:
         ("rank_zero_only", "pass sync_dist=False"),
         ("sync_dist_group", "torch.distributed.all_reduce"),
         ("enable_graph", "without their autograd graph"),
-        ("add_dataloader_idx", "put the index in the name"),
+        ("add_dataloader_idx", "dataloader_idx_N"),
         ("metric_attribute", "drop metric_attribute"),
         ("prog_barr", "unknown argument 'prog_barr'; it takes prog_bar"),
     ],

@@ -19,28 +19,13 @@ from prec.model.datamodule import DataModule, StageData
 from prec.model.module import TrainingModule, unwrap_compiled
 from prec.precision import NonFinitePolicy, Precision
 from prec.training.composition import get_registry
-from prec.training.config import TrainerConfig, check_ckpt_path, check_clipping, reject_unknown_arguments
+from prec.training.config import TrainerConfig, check_ckpt_path, reject_unknown_arguments
+from prec.training.optim import ManualOptimizer, clip_with_settings
 from prec.training.run_setup import SkipInit
 from prec.training.run_state import RunState
 from prec.training.selection import select_parts
+from prec.training.settings import Setting
 from prec.training.stages import run_stage
-
-
-class _Setting:
-    """A Trainer attribute that reads what the run uses (``trainer.settings``): one truth, never a copy."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, trainer: Trainer | None, owner: type | None = None) -> Any:
-        if trainer is None:
-            return self
-        return getattr(trainer.settings, self.name)
-
-    def __set__(self, trainer: Trainer, value: Any) -> None:
-        """Change what the next run uses (``trainer.max_epochs = 3`` before resuming): checked as the constructor
-        checks it, and written to ``trainer.settings`` only, so there is still one truth."""
-        trainer.settings = trainer.settings.with_setting(self.name, value)
 
 
 def _default_callbacks(settings: TrainerConfig) -> list[Callback]:
@@ -90,11 +75,16 @@ class Trainer:
         limit_val_batches: validation batches per run, as ``limit_train_batches``.
         limit_test_batches: test batches per run, as ``limit_train_batches``.
         limit_predict_batches: prediction batches per run, as ``limit_train_batches``.
+        overfit_batches: debug by overfitting: train and validate on this many batches (an int) or this fraction
+            (a float) of each loader, every epoch the same ones: ``fit`` replaces a shuffling sampler with a
+            sequential one, with a warning; ``0``: off. It sets ``limit_train_batches``/``limit_val_batches``.
         check_val_every_n_epoch: run validation every N training epochs.
         val_check_interval: also validate within an epoch: an int every N training batches, a float every
             that fraction of the epoch (``None``: at the end of the epoch only).
         num_sanity_val_steps: validation batches run before training starts, so a broken ``validation_step``
             fails in seconds (``0``: none, ``-1``: all).
+        reload_dataloaders_every_n_epochs: ask the module or datamodule for the training and validation loaders
+            again every N epochs (``*_dataloader()`` is called again; loaders passed to ``fit`` stay); ``0``: never.
         log_every_n_steps: write training metrics logged with ``on_step=True`` every N optimizer steps.
         gradient_clip_val: clip gradients before each optimizer step, on unscaled gradients under a grad scaler;
             ``0``/``None``: no clipping.
@@ -104,6 +94,8 @@ class Trainer:
             checkpoints or sanity validation; ``False``/``0``: off.
         deterministic: ``True``: ``torch.use_deterministic_algorithms(True)``; ``"warn"``: the same with
             ``warn_only=True``; ``False``: turn it off; ``None``: leave torch's setting as it is.
+        benchmark: ``torch.backends.cudnn.benchmark`` for the run (restored after it); ``None``: leave it as it is
+            (``False`` under ``deterministic=True``, as in Lightning).
         logger: ``True`` (a :class:`prec.CSVLogger` under ``default_root_dir``), ``False``/``None``, a logger
             (:class:`prec.CSVLogger`, :class:`prec.TensorBoardLogger` or any object following
             :class:`prec.loggers.Logger`) or a list of loggers.
@@ -138,15 +130,18 @@ class Trainer:
         limit_val_batches: int | float | None = None,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
         check_val_every_n_epoch: int = 1,
         val_check_interval: int | float | None = None,
         num_sanity_val_steps: int = 2,
+        reload_dataloaders_every_n_epochs: int = 0,
         log_every_n_steps: int = 50,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
         accumulate_grad_batches: int = 1,
         fast_dev_run: bool | int = False,
         deterministic: bool | Literal["warn"] | None = None,
+        benchmark: bool | None = None,
         logger: Any = True,
         callbacks: Callback | Iterable[Callback] | None = None,
         enable_progress_bar: bool = True,
@@ -174,15 +169,18 @@ class Trainer:
             limit_val_batches=limit_val_batches,
             limit_test_batches=limit_test_batches,
             limit_predict_batches=limit_predict_batches,
+            overfit_batches=overfit_batches,
             check_val_every_n_epoch=check_val_every_n_epoch,
             val_check_interval=val_check_interval,
             num_sanity_val_steps=num_sanity_val_steps,
+            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
             log_every_n_steps=log_every_n_steps,
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
             accumulate_grad_batches=accumulate_grad_batches,
             fast_dev_run=fast_dev_run,
             deterministic=deterministic,
+            benchmark=benchmark,
             logger=logger,
             callbacks=callbacks,
             enable_progress_bar=enable_progress_bar,
@@ -217,27 +215,30 @@ class Trainer:
         self.num_predict_batches: float | None = None
 
     # -- the run's settings (read from ``self.settings``; set them through the constructor) ----------------
-    max_epochs = _Setting()
-    min_epochs = _Setting()
-    max_steps = _Setting()
-    min_steps = _Setting()
-    limit_train_batches = _Setting()
-    limit_val_batches = _Setting()
-    limit_test_batches = _Setting()
-    limit_predict_batches = _Setting()
-    check_val_every_n_epoch = _Setting()
-    val_check_interval = _Setting()
-    num_sanity_val_steps = _Setting()
-    log_every_n_steps = _Setting()
-    gradient_clip_val = _Setting()
-    gradient_clip_algorithm = _Setting()
-    accumulate_grad_batches = _Setting()
-    fast_dev_run = _Setting()
-    deterministic = _Setting()
-    enable_progress_bar = _Setting()
-    enable_checkpointing = _Setting()
-    enable_model_summary = _Setting()
-    default_root_dir = _Setting()
+    max_epochs = Setting()
+    min_epochs = Setting()
+    max_steps = Setting()
+    min_steps = Setting()
+    limit_train_batches = Setting()
+    limit_val_batches = Setting()
+    limit_test_batches = Setting()
+    limit_predict_batches = Setting()
+    overfit_batches = Setting()
+    check_val_every_n_epoch = Setting()
+    val_check_interval = Setting()
+    num_sanity_val_steps = Setting()
+    reload_dataloaders_every_n_epochs = Setting()
+    log_every_n_steps = Setting()
+    gradient_clip_val = Setting()
+    gradient_clip_algorithm = Setting()
+    accumulate_grad_batches = Setting()
+    fast_dev_run = Setting()
+    deterministic = Setting()
+    benchmark = Setting()
+    enable_progress_bar = Setting()
+    enable_checkpointing = Setting()
+    enable_model_summary = Setting()
+    default_root_dir = Setting()
 
     @property
     def log_sink(self) -> LoggerGroup | None:
@@ -385,7 +386,8 @@ class Trainer:
         verbose: bool = True,
         datamodule: DataModule | None = None,
     ) -> list[dict[str, float]]:
-        """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader."""
+        """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader. Several
+        loaders (a list or dict) pass ``dataloader_idx`` to ``test_step`` and name metrics ``…/dataloader_idx_N``."""
         self.state.verbose = bool(verbose)
         return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
 
@@ -397,7 +399,8 @@ class Trainer:
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> list[Any]:
         """Run ``predict_step`` over the loader; return the outputs, passed through the precision's
-        ``convert_output`` (float32 for 16-bit precisions). ``ckpt_path`` loads weights."""
+        ``convert_output`` (float32 for 16-bit precisions); one list per loader for a list or dict of several,
+        with ``dataloader_idx`` passed to ``predict_step``. ``ckpt_path`` loads weights."""
         model = self._module("predict", model)
         data = StageData("predict", model, datamodule, dataloaders)
         return self._launch("predict", model, data, ckpt_path)
@@ -463,8 +466,6 @@ class Trainer:
     # -- manual optimization (called through TrainingModule) ----------------------------------------------------
     def manual_optimizers(self) -> list[Any]:
         """The optimizers wrapped for manual optimization (``TrainingModule.optimizers()``)."""
-        from prec.training.optim import ManualOptimizer
-
         return self.state.manual_optimizers(lambda optimizer: ManualOptimizer(optimizer, self))
 
     def clip_gradients(
@@ -472,17 +473,4 @@ class Trainer:
     ) -> torch.Tensor | None:
         """Clip ``optimizer``'s gradients through the precision (unscaled first under a grad scaler), with the
         Trainer's clipping settings unless given here (two different values is an error); returns the total norm."""
-        optimizer = getattr(optimizer, "optimizer", optimizer)
-        for name, own, given in (
-            ("gradient_clip_val", self.gradient_clip_val, gradient_clip_val),
-            ("gradient_clip_algorithm", self.gradient_clip_algorithm, gradient_clip_algorithm),
-        ):
-            if own is not None and given is not None and own != given:
-                raise ConfigurationError(
-                    f"Trainer({name}={own!r}) and clip_gradients({name}={given!r}) both set it; set it in one place."
-                )
-        value, algorithm = check_clipping(
-            gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val,
-            gradient_clip_algorithm or self.gradient_clip_algorithm,
-        )
-        return self.precision_plugin.clip_gradients(optimizer, value, algorithm or "norm")
+        return clip_with_settings(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from prec._warnings import warn
@@ -76,10 +76,10 @@ def distribute_dataloader(loader: Any, world_size: int, rank: int, epoch: Callab
         shuffle=isinstance(sampler, RandomSampler),
         seed=seed,
     )
-    return EpochLoader(_rebuild(loader, distributed), distributed, epoch)
+    return EpochLoader(rebuild_dataloader(loader, distributed), distributed, epoch)
 
 
-def _rebuild(loader: DataLoader[Any], sampler: DistributedSampler[Any]) -> DataLoader[Any]:
+def rebuild_dataloader(loader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoader[Any]:
     """A new DataLoader with ``loader``'s settings and ``sampler``."""
     accepted = set(inspect.signature(DataLoader.__init__).parameters) - {"self", "sampler", "batch_sampler", "shuffle"}
     kwargs = {name: getattr(loader, name) for name in accepted if hasattr(loader, name)}

@@ -8,7 +8,7 @@ precedence: loaders passed explicitly, the datamodule's ``*_dataloader()``, the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -180,19 +180,58 @@ class StageData:
             self.datamodule.setup(self.stage)
         self.prepared = True
 
-    def loaders(self, *, worker_rank: int = 0) -> tuple[Any, ...]:
+    def loaders(
+        self, *, worker_rank: int = 0, validation: bool = True, validation_first: bool = False
+    ) -> tuple[Any, ...]:
         """The stage's loaders: ``(train, val)`` for fit (``val`` may be ``None``), ``(loader,)`` otherwise. A
-        ``DataLoader`` without a ``worker_init_fn`` gets prec's when ``seed_everything(workers=True)`` ran."""
+        ``DataLoader`` without a ``worker_init_fn`` gets prec's when ``seed_everything(workers=True)`` ran.
+
+        ``validation=False`` (the run's loop knows that validation is off: ``limit_val_batches=0`` or no
+        ``validation_step``) leaves fit's validation loader out without calling ``val_dataloader()``, as
+        Lightning does; ``validation_first=True`` asks for it before the training loader, as Lightning does when
+        a sanity check runs first. ``test``/``predict`` may have several loaders (a list or dict of DataLoaders):
+        they come back as one :class:`SeveralLoaders`."""
         if not self.prepared:
             raise ConfigurationError("StageData.loaders() needs prepare() first (prepare_data and setup).")
-        resolved = []
-        for (method, required), (name, given) in zip(_LOADERS[self.stage], self.given.items(), strict=True):
-            loader = given if given is not None else self._from_methods(method, required)
-            if loader is not None:
-                loader = _single(loader, name if given is not None else method)
-                attach_worker_init_fn(loader, worker_rank)
-            resolved.append(loader)
+        slots = list(zip(_LOADERS[self.stage], self.given.items(), strict=True))
+        order = range(len(slots) - 1, -1, -1) if validation_first else range(len(slots))
+        resolved: list[Any] = [None] * len(slots)
+        for index in order:
+            (method, required), (name, given) = slots[index]
+            if validation or method != "val_dataloader" or self.stage != "fit":
+                resolved[index] = self._resolve(method, required, name, given, worker_rank)
         return tuple(resolved)
+
+    def defines(self, method: str) -> bool:
+        """Whether the stage has a source for ``method``'s loader (given, or the method overridden), without
+        calling the method."""
+        names = [own for own, _ in _LOADERS[self.stage]]
+        if method in names and list(self.given.values())[names.index(method)] is not None:
+            return True
+        owner = self.datamodule if self.datamodule is not None else self.model  # as _from_methods decides
+        return overrides(owner, method)
+
+    def reload(self, method: str, *, worker_rank: int = 0) -> Any:
+        """``method``'s loader asked for again (``reload_dataloaders_every_n_epochs``); ``None`` when the stage
+        got that loader as an argument, which is kept as it is."""
+        for (own, required), (name, given) in zip(_LOADERS[self.stage], self.given.items(), strict=True):
+            if own == method:
+                return None if given is not None else self._resolve(method, required, name, None, worker_rank)
+        raise ConfigurationError(f"{self.stage}() has no {method}(); it asks for {_LOADERS[self.stage]}.")
+
+    def _resolve(self, method: str, required: bool, name: str, given: Any, worker_rank: int) -> Any:
+        loader = given if given is not None else self._from_methods(method, required)
+        if loader is None:
+            return None
+        where = name if given is not None else method
+        several = _several(loader) if self.stage in ("test", "predict") else None
+        if several is not None:
+            for item in several.loaders:
+                attach_worker_init_fn(item, worker_rank)
+            return several
+        loader = _single(loader, where)
+        attach_worker_init_fn(loader, worker_rank)
+        return loader
 
     def teardown(self) -> None:
         """``datamodule.teardown(stage)``: first in a run's teardown, as in Lightning."""
@@ -259,15 +298,42 @@ def _data_module_hint(obj: Any) -> str:
     return ""
 
 
-def _single(loader: Any, where: str) -> Any:
-    """One loader: a list of several DataLoaders (Lightning's multiple loaders) is refused, a list of one unwrapped."""
+class SeveralLoaders:
+    """The loaders of a stage that runs several (``test``/``predict`` given a list or dict of DataLoaders), in
+    order: the index of each is the ``dataloader_idx`` the steps and hooks receive. Not an iterable of batches
+    itself, so no loop mistakes it for one loader."""
+
+    def __init__(self, loaders: Sequence[Any]) -> None:
+        self.loaders = tuple(loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+
+def _loader_items(loader: Any) -> list[Any] | None:
+    """The DataLoaders of a non-empty list, tuple or dict of DataLoaders (Lightning's several loaders), else None."""
     if isinstance(loader, (list, tuple, dict)) and loader:
         items = list(loader.values()) if isinstance(loader, dict) else list(loader)
         if all(isinstance(item, DataLoader) for item in items):
-            if len(items) == 1:
-                return items[0]
-            raise ConfigurationError(
-                f"{where} gave {len(items)} DataLoaders; prec runs one loader per stage: combine the datasets"
-                " (torch.utils.data.ConcatDataset) or run the stage once per loader."
-            )
-    return loader
+            return items
+    return None
+
+
+def _several(loader: Any) -> SeveralLoaders | None:
+    """Several loaders for a stage that takes them; ``None`` for one loader (a list of one included)."""
+    items = _loader_items(loader)
+    return SeveralLoaders(items) if items is not None and len(items) > 1 else None
+
+
+def _single(loader: Any, where: str) -> Any:
+    """One loader: a list of several DataLoaders (Lightning's multiple loaders) is refused, a list of one unwrapped."""
+    items = _loader_items(loader)
+    if items is None:
+        return loader
+    if len(items) == 1:
+        return items[0]
+    raise ConfigurationError(
+        f"{where} gave {len(items)} DataLoaders; prec runs one loader per stage in fit() and validate(): combine"
+        " the datasets (torch.utils.data.ConcatDataset) or run the stage once per loader (test() and predict()"
+        " take several)."
+    )

@@ -333,8 +333,8 @@ LOG_ARGUMENTS_LEFT_OUT: Mapping[str, str] = {
     "sync_dist_group": "prec reduces across every process of the run; reduce over a subgroup yourself with"
     " torch.distributed.all_reduce(value, group=...) and log the result.",
     "enable_graph": "prec logs values without their autograd graph; keep the tensor yourself if you need it.",
-    "add_dataloader_idx": "prec does not suffix names by loader; put the index in the name yourself, e.g."
-    " self.log(f'val_loss/{dataloader_idx}', loss).",
+    "add_dataloader_idx": "prec always adds Lightning's '/dataloader_idx_N' to the names logged while one of"
+    " several test loaders runs (add_dataloader_idx=True, Lightning's default); drop the argument.",
     "metric_attribute": "prec logs a torchmetrics.Metric passed as the value by itself (computed and reset at the"
     " epoch's end); drop metric_attribute.",
 }

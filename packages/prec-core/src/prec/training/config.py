@@ -77,15 +77,18 @@ class TrainerConfig:
     limit_val_batches: int | float | None = None
     limit_test_batches: int | float | None = None
     limit_predict_batches: int | float | None = None
+    overfit_batches: int | float = 0
     check_val_every_n_epoch: int = 1
     val_check_interval: int | float | None = None
     num_sanity_val_steps: int = 2
+    reload_dataloaders_every_n_epochs: int = 0
     log_every_n_steps: int = 50
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: str | None = None
     accumulate_grad_batches: int = 1
     fast_dev_run: int = 0
     deterministic: bool | Literal["warn"] | None = None
+    benchmark: bool | None = None
     logger: Any = True  # True, False/None, a logger or a list of them; stored as a LoggerGroup or None
     callbacks: tuple[Callback, ...] = ()
     enable_progress_bar: bool = True
@@ -111,6 +114,7 @@ class TrainerConfig:
             "limit_val_batches": check_limit("limit_val_batches", self.limit_val_batches),
             "limit_test_batches": check_limit("limit_test_batches", self.limit_test_batches),
             "limit_predict_batches": check_limit("limit_predict_batches", self.limit_predict_batches),
+            "overfit_batches": check_limit("overfit_batches", self.overfit_batches) or 0,
             "check_val_every_n_epoch": check_int(
                 "check_val_every_n_epoch", self.check_val_every_n_epoch, 1, "an int >= 1"
             ),
@@ -118,12 +122,16 @@ class TrainerConfig:
             "num_sanity_val_steps": check_int(
                 "num_sanity_val_steps", self.num_sanity_val_steps, -1, "an int >= 0, or -1 (every validation batch)"
             ),
+            "reload_dataloaders_every_n_epochs": check_int(
+                "reload_dataloaders_every_n_epochs", self.reload_dataloaders_every_n_epochs, 0, "an int >= 0 (0: never)"
+            ),
             "log_every_n_steps": check_int("log_every_n_steps", self.log_every_n_steps, 1, "an int >= 1"),
             "accumulate_grad_batches": check_int(
                 "accumulate_grad_batches", self.accumulate_grad_batches, 1, "an int >= 1"
             ),
             "fast_dev_run": _fast_dev_run(self.fast_dev_run),
             "deterministic": _deterministic(self.deterministic),
+            "benchmark": None if self.benchmark is None else check_bool("benchmark", self.benchmark),
             "logger": _check_logger(self.logger),
             "callbacks": _check_callbacks(self.callbacks),
             "enable_progress_bar": check_bool("enable_progress_bar", self.enable_progress_bar),
@@ -151,6 +159,13 @@ class TrainerConfig:
             )
         if self.plugins and self.precision_options:
             raise ConfigurationError("precision_options apply to a precision built by name, not to plugins=[...].")
+        if self.overfit_batches:
+            given = [name for name in ("limit_train_batches", "limit_val_batches") if getattr(self, name) is not None]
+            if given:
+                raise ConfigurationError(
+                    f"overfit_batches={self.overfit_batches} sets limit_train_batches and limit_val_batches itself,"
+                    f" but {' and '.join(given)} is given too; pass one of them."
+                )
         for bound in ("epochs", "steps"):
             low, high = getattr(self, f"min_{bound}"), getattr(self, f"max_{bound}")
             defaulted = bound == "epochs" and max_epochs_defaulted
@@ -163,27 +178,35 @@ class TrainerConfig:
     def for_run(self) -> TrainerConfig:
         """What a run uses: this configuration, with ``fast_dev_run``'s settings applied as Lightning applies them
         (n batches of every stage, once, no sanity check, no logger, no checkpointing). The arguments as passed stay
-        in ``self``; this is the one place that derives the other."""
-        runs = self.fast_dev_run
-        if not runs:
+        in ``self``; this is the one place that derives the other. ``overfit_batches`` limits the training and
+        validation batches, also under ``fast_dev_run`` (as in Lightning)."""
+        runs, overfit = self.fast_dev_run, self.overfit_batches
+        if not runs and not overfit:
             return self
         run = copy.copy(self)
-        for name, value in {
-            "limit_train_batches": runs,
-            "limit_val_batches": runs,
-            "limit_test_batches": runs,
-            "limit_predict_batches": runs,
-            "max_epochs": 1,
-            "max_steps": runs,
-            "min_epochs": None,
-            "min_steps": None,
-            "num_sanity_val_steps": 0,
-            "val_check_interval": None,
-            "check_val_every_n_epoch": 1,
-            "logger": None,
-            "enable_checkpointing": False,
-        }.items():
+        for name, value in (
+            {}
+            if not runs
+            else {
+                "limit_train_batches": runs,
+                "limit_val_batches": runs,
+                "limit_test_batches": runs,
+                "limit_predict_batches": runs,
+                "max_epochs": 1,
+                "max_steps": runs,
+                "min_epochs": None,
+                "min_steps": None,
+                "num_sanity_val_steps": 0,
+                "val_check_interval": None,
+                "check_val_every_n_epoch": 1,
+                "logger": None,
+                "enable_checkpointing": False,
+            }
+        ).items():
             object.__setattr__(run, name, value)
+        if overfit:
+            object.__setattr__(run, "limit_train_batches", overfit)
+            object.__setattr__(run, "limit_val_batches", overfit)
         return run
 
     def with_setting(self, name: str, value: Any) -> TrainerConfig:

@@ -50,15 +50,10 @@ LEFT_OUT: Mapping[str, str] = MappingProxyType(
         "profiler": "prec has no profiler integration; wrap trainer.fit(...) in torch.profiler.profile(...).",
         "sync_batchnorm": "prec does not convert your model; call model = torch.nn.SyncBatchNorm"
         ".convert_sync_batchnorm(model) before fit(), under strategy='ddp'.",
-        "benchmark": "prec leaves cuDNN as you set it; set torch.backends.cudnn.benchmark = True before fit().",
-        "reload_dataloaders_every_n_epochs": "prec iterates the loaders you pass each epoch; make the dataset or"
-        " sampler change per epoch instead (e.g. in a callback's on_train_epoch_start).",
         "inference_mode": "validate(), test() and predict() always run under torch.inference_mode(); for gradients"
         " there, enable them inside the step with torch.inference_mode(False) and torch.enable_grad().",
         "barebones": "prec is lean already; pass logger=False, enable_progress_bar=False, enable_checkpointing=False"
         " and enable_model_summary=False.",
-        "overfit_batches": "pass a loader over a fixed subset instead: DataLoader(Subset(dataset, range(n)),"
-        " shuffle=False), and the same loader for validation.",
         "detect_anomaly": "wrap trainer.fit(...) in `with torch.autograd.detect_anomaly():`.",
         "max_time": "prec has no wall-clock limit; use a Callback that sets trainer.should_stop = True at the"
         " deadline.",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
-from functools import partial
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,21 +18,28 @@ from prec.training.checkpointing import load_checkpoint
 from prec.training.config import warn_empty_epoch, warn_if_resumed_past_limits
 from prec.training.epoch import FIT_HOOKS, TrainingEpoch, may_stop
 from prec.training.evaluation import evaluate, sanity_check
-from prec.training.hook_calls import call, hook_callers, limit_batches
+from prec.training.fit_data import FitLoaders
+from prec.training.hook_calls import call, hook_callers
 from prec.training.logging import log_results, record_precision_metrics
 from prec.training.optim import parse_optimizers, step_schedulers
 from prec.training.run_setup import announce, setup_model, teardown_run
 from prec.training.summary import summarize
 
 if TYPE_CHECKING:
+    from prec.model.datamodule import StageData
     from prec.model.trainer_view import TrainerView
 
 __all__ = ["run_fit", "setup_model", "teardown_run"]
 
 
 def run_fit(
-    trainer: TrainerView, model: TrainingModule, train_loader: Iterable[Any], val_loader: Iterable[Any] | None
+    trainer: TrainerView,
+    model: TrainingModule,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None,
+    data: StageData | None = None,
 ) -> None:
+    """``fit``'s loop over epochs; ``data`` asks for the loaders again (``reload_dataloaders_every_n_epochs``)."""
     state = trainer.state
     optimizers, schedulers = parse_optimizers(model.configure_optimizers())
     if not model.automatic_optimization:
@@ -50,13 +56,7 @@ def run_fit(
         trainer.precision_plugin.setup_optimizer(optimizer)
     state.optimizers = [trainer.strategy.setup_optimizer(optimizer) for optimizer in optimizers]
     state.lr_scheduler_configs = schedulers
-    if model.__dict__.get("validation_step", ...) is None:
-        val_loader = None  # ``model.validation_step = None``: validation is off, as in Lightning
-    train_loader = trainer.strategy.setup_dataloader(train_loader)
-    if val_loader is not None:
-        val_loader = trainer.strategy.setup_dataloader(val_loader)
-    state.train_batches = limit_batches(trainer.limit_train_batches, train_loader)
-    trainer.num_training_batches = state.train_batches
+    loaders = FitLoaders(trainer, data, train_loader, val_loader)
     if trainer.log_sink is not None and trainer.is_global_zero and state.train_batches < trainer.log_every_n_steps:
         warn(
             f"the training loader has {state.train_batches} batches, fewer than Trainer(log_every_n_steps="
@@ -77,16 +77,17 @@ def run_fit(
         _show_summary(trainer, model)
     _warn_if_modules_in_eval_mode(model)
     call(hooks["on_fit_start"])
-    validate = None
-    if val_loader is not None:
-        validate = partial(evaluate, trainer, model, val_loader, "validate", torch.no_grad)
+    validate: Callable[[], Any] | None = None
+    if loaders.val is not None:
+        validate = lambda: evaluate(trainer, model, [loaders.val_for_epoch()], "validate", torch.no_grad)  # noqa: E731
         if trainer.num_sanity_val_steps:
-            sanity_check(trainer, model, val_loader)
+            sanity_check(trainer, model, loaders.val)
     call(hooks["on_train_start"])
     loop = TrainingEpoch(trainer, model, hooks)
     metrics = state.metrics
     while not _done(trainer):
         metrics.training = True
+        train_loader = loaders.train_for_epoch()  # before on_train_epoch_start, as in Lightning
         call(hooks["on_train_epoch_start"])
         loop.run(train_loader, validate)
         empty_epoch = state.batches_seen == 0

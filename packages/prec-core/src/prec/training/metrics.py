@@ -51,6 +51,8 @@ class MetricStore:
         self.strategy = strategy
         #: The batch the current step runs on, set by the loop; batch sizes are inferred from it on demand.
         self.current_batch: Any = None
+        #: Added to every name logged while one of several evaluation loaders runs (``/dataloader_idx_1``).
+        self.loader_suffix = ""
         self.step_values: dict[str, _Value] = {}
         self.epoch_values: dict[str, list[_Value]] = {}
         self.epoch_weights: dict[str, list[int]] = {}
@@ -98,9 +100,14 @@ class MetricStore:
         training = self.training
         step = on_step if on_step is not None else training
         epoch = on_epoch if on_epoch is not None else not training
+        suffix = self.loader_suffix
         step_key = epoch_key = name
         if step and epoch:
-            step_key, epoch_key = f"{name}_step", f"{name}_epoch"
+            step_key, epoch_key = f"{name}_step{suffix}", f"{name}_epoch{suffix}"
+        if suffix:  # Lightning's names under several loaders: val_loss/dataloader_idx_1, val_loss_step/dataloader…
+            name = name + suffix
+            if not (step and epoch):
+                step_key = epoch_key = name
         if step:
             if sync_dist and self.strategy is not None and self.strategy.world_size > 1:
                 value = self.strategy.reduce(_on_device(value, self.strategy), fx)  # asked for: once per call
@@ -134,15 +141,17 @@ class MetricStore:
         training = self.training
         step = on_step if on_step is not None else training
         epoch = on_epoch if on_epoch is not None else not training
-        self.metric_objects[name] = metric
+        suffix = self.loader_suffix
+        key = name + suffix if suffix else name
+        self.metric_objects[key] = metric
         if step:
             cached = getattr(metric, "_forward_cache", None)
             if isinstance(cached, Tensor) and cached.numel() == 1:
-                self.log(f"{name}_step" if epoch else name, cached, prog_bar, True, False, logger)
+                self.log(f"{name}_step" if epoch else name, cached, prog_bar, True, False, logger)  # adds the suffix
         if epoch:
-            self.epoch_meta[name] = ("metric", False, f"{name}_epoch" if step else name, logger)
+            self.epoch_meta[key] = ("metric", False, f"{name}_epoch{suffix}" if step else key, logger)
             if prog_bar:
-                self.prog_bar.add(self.epoch_meta[name][2])
+                self.prog_bar.add(self.epoch_meta[key][2])
 
     def _batch_size(self) -> int:
         batch = self.current_batch

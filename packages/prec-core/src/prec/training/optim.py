@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prec.errors import ConfigurationError
+from prec.training.config import check_clipping
 
 if TYPE_CHECKING:
     from prec.model.trainer_view import TrainerView
@@ -230,3 +231,24 @@ class ManualOptimizer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.optimizer, name)
+
+
+def clip_with_settings(
+    trainer: TrainerView, optimizer: Any, gradient_clip_val: float | None, gradient_clip_algorithm: str | None
+) -> torch.Tensor | None:
+    """``trainer.clip_gradients``: the Trainer's clipping settings unless given here (two different values is an
+    error, so a setting is never overridden silently), then the precision's clipping (unscaled gradients)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    for name, own, given in (
+        ("gradient_clip_val", trainer.gradient_clip_val, gradient_clip_val),
+        ("gradient_clip_algorithm", trainer.gradient_clip_algorithm, gradient_clip_algorithm),
+    ):
+        if own is not None and given is not None and own != given:
+            raise ConfigurationError(
+                f"Trainer({name}={own!r}) and clip_gradients({name}={given!r}) both set it; set it in one place."
+            )
+    value, algorithm = check_clipping(
+        gradient_clip_val if gradient_clip_val is not None else trainer.gradient_clip_val,
+        gradient_clip_algorithm or trainer.gradient_clip_algorithm,
+    )
+    return trainer.precision_plugin.clip_gradients(optimizer, value, algorithm or "norm")  # type: ignore[no-any-return]

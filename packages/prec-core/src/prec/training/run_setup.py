@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.overrides import TorchFunctionMode
 
+from prec._warnings import warn
+from prec.errors import PrecWarning
 from prec.loggers._protocol import call_optional
 from prec.precision.conversion import check_conversion, floating_parameter_dtypes
 from prec.training.checkpointing import load_checkpoint
@@ -93,6 +98,28 @@ def describe_precision(trainer: TrainerView) -> str:
     """What the registry says about the precision in use: its name and the plugin, distribution and version
     that built it (or that it was passed in as an instance)."""
     return f"{trainer.registry.describe(trainer.precision_plugin)} on {trainer.accelerator.name}"
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(benchmark: bool | None, deterministic: Any) -> Iterator[None]:
+    """``Trainer(benchmark=...)`` for one run: ``torch.backends.cudnn.benchmark`` set, and restored afterwards;
+    ``None`` leaves it (:class:`prec.Deterministic` turns it off under ``deterministic=True``, as Lightning does).
+    Enter it inside ``Deterministic`` so that an explicit ``benchmark=True`` wins, with Lightning's warning."""
+    if benchmark is None:
+        yield
+        return
+    if benchmark and deterministic:
+        warn(
+            f"benchmark=True with deterministic={deterministic!r}: torch ignores cudnn.deterministic while"
+            " cudnn.benchmark is on, so cuDNN may pick non-deterministic algorithms. Pass benchmark=None or False.",
+            PrecWarning,
+        )
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 class SkipInit(TorchFunctionMode):

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from prec.seed import Deterministic
 from prec.training import evaluation, loops
-from prec.training.run_setup import setup_model, teardown_run
+from prec.training.fit_data import validation_wanted
+from prec.training.run_setup import cudnn_benchmark, setup_model, teardown_run
 
 if TYPE_CHECKING:
     from prec.model.datamodule import StageData
@@ -24,14 +25,19 @@ def run_stage(trainer: TrainerView, stage: str, model: TrainingModule, ckpt_path
     object.__setattr__(model, "_prec_trainer", trainer)  # plain attribute: no nn.Module bookkeeping
     failed = True
     try:
-        with Deterministic(trainer.deterministic):
+        with Deterministic(trainer.deterministic), cudnn_benchmark(trainer.settings.benchmark, trainer.deterministic):
             trainer.strategy.setup_environment()
             strategy = trainer.strategy
             data.prepare(local_rank=strategy.local_rank, global_rank=strategy.global_rank, barrier=strategy.barrier)
             setup_model(trainer, model, stage)
-            loaders = data.loaders(worker_rank=strategy.global_rank)
+            validation = stage != "fit" or validation_wanted(trainer, model, data)
+            loaders = data.loaders(
+                worker_rank=strategy.global_rank,
+                validation=validation,
+                validation_first=stage == "fit" and trainer.num_sanity_val_steps != 0,
+            )
             if stage == "fit":
-                result = loops.run_fit(trainer, model, *loaders)
+                result = loops.run_fit(trainer, model, *loaders, data=data)
             elif stage == "predict":
                 result = evaluation.run_predict(trainer, model, *loaders)
             else:
