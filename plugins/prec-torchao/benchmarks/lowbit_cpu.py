@@ -16,78 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-import warnings
+import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-import prec
-
 PRECISIONS = ("32-true", "bf16-mixed", "fp8-mixed", "mxfp8-mixed", "int8-mixed")
-EMULATED = {"fp8-mixed", "mxfp8-mixed"}
 #: Committed, unlike results/ (the GPU check's output, ignored by git).
 RESULTS = Path(__file__).parent / "cpu_results"
 
 
-class Block(torch.nn.Module):
-    """Pre-norm residual MLP block, as in a transformer (attention left out: only Linear layers are converted)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(width)
-        self.up = torch.nn.Linear(width, 4 * width)
-        self.down = torch.nn.Linear(4 * width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
-
-
-def build(width: int, blocks: int, vocab: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(vocab, width),
-        *[Block(width) for _ in range(blocks)],
-        torch.nn.LayerNorm(width),
-        torch.nn.Linear(width, vocab),
-    )
-
-
-def run(name: str, steps: int, width: int, blocks: int, vocab: int = 48, batch: int = 64) -> dict[str, Any]:
-    precision = prec.get_precision(name, "cpu", **({"emulate": True} if name in EMULATED else {}))
-    with precision.module_init_context():
-        model = build(width, blocks, vocab)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", prec.PerformanceWarning)
-        model = precision.convert_module(model)
-    conversion = getattr(precision, "conversion", None)
-    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(1)
-    teacher = torch.randn(vocab, vocab, generator=generator)
-    losses = []
-    start = time.perf_counter()
-    for _ in range(steps):
-        x = torch.randn(batch, vocab, generator=generator)
-        y = (x @ teacher).argmax(dim=1)
-        with precision.forward_context():
-            logits = model(precision.convert_input(x))
-        loss = torch.nn.functional.cross_entropy(precision.convert_output(logits), y)
-        precision.backward(loss, model)
-        precision.optimizer_step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    seconds = time.perf_counter() - start
-    return {
-        "precision": name,
-        "first_loss": sum(losses[:20]) / 20,
-        "final_loss": sum(losses[-20:]) / 20,
-        "curve": [round(value, 5) for value in losses[:: max(1, steps // 30)]],
-        "converted": f"{len(conversion.converted)}/{linears}" if conversion is not None else f"0/{linears}",
-        "kept": dict(conversion.skipped) if conversion is not None else {},
-        "s_per_step": seconds / steps,
-    }
+# The model, data, optimizer and loop are the repository's fp8 benchmark's (benchmarks/fp8_cpu.py): one copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from fp8_cpu import run  # noqa: E402
 
 
 def main() -> None:
