@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from prec.errors import ConfigurationError, UnsupportedPrecisionError
-from prec.plugin.registry import KNOWN_GAPS
+from prec.plugin.catalogue import known_gap
 from prec.precision import TruePrecision, apply_to_tensors
 
 NAME = "64-true"
@@ -23,7 +23,7 @@ _OUTPUT_DTYPES = (torch.float32, torch.float64)
 
 def no_float64_error(device_type: str) -> UnsupportedPrecisionError:
     """The error for a device without float64, with the reason the registry gives for the same pair."""
-    gap = KNOWN_GAPS.get((NAME, device_type))
+    gap = known_gap(NAME, device_type)
     label = NO_FLOAT64_DEVICE_TYPES.get(device_type, device_type)
     reason = gap or f"{label} devices have no float64 arithmetic. Use precision='32-true'"
     return UnsupportedPrecisionError(
