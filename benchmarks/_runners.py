@@ -52,6 +52,30 @@ def run_raw(precision: str, sizes: Sequence[int], batches: list[Any], clock: Ste
         raise ValueError(f"the raw loop has no recipe for {precision!r}")
 
 
+def run_raw_module(precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool) -> None:
+    """The raw loop around the frameworks' own module: the same ``training_step`` (``self.net``, the clock) on a
+    plain ``nn.Module``, and no framework. Next to ``raw`` it prices the model code a module-based step runs
+    anyway (``self.net`` on an ``nn.Module`` is a failed attribute lookup and ``Module.__getattr__``)."""
+    model = _model_class(torch.nn.Module, sizes, clock, False)()
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+    elif precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"the raw loop has no recipe for {precision!r}")
+    optimizer = model.configure_optimizers()
+    training_step = model.training_step
+    for batch_idx, batch in enumerate(batches):
+        if precision == "bf16-mixed":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = training_step(batch, batch_idx)
+        else:
+            if precision == "bf16-true":
+                batch = (batch[0].to(torch.bfloat16), batch[1].to(torch.bfloat16))
+            loss = training_step(batch, batch_idx)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 # -- prec ------------------------------------------------------------------------------------------------------
 def run_prec(
     precision: str, sizes: Sequence[int], batches: list[Any], clock: StepClock, log: bool, **extra: Any
@@ -147,6 +171,7 @@ def run_fabric(precision: str, sizes: Sequence[int], batches: list[Any], clock: 
 
 RUNNERS = {
     "raw": (run_raw, False),
+    "raw-module": (run_raw_module, False),
     "prec": (run_prec, False),
     "prec+log": (run_prec, True),
     "prec-unguarded": (run_prec_unguarded, False),

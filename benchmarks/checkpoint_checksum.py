@@ -15,7 +15,9 @@ virtual machine with stolen time, wall time also counts the moments the host ran
   record of each algorithm (verified on load).
 
 Ratios compare a verified save with ``atomic_save(checksum=False)`` (the same file, fsync and rename: only the
-digest differs) and with bare ``torch.save``, and a verified load with ``torch.load``. The flip experiment flips
+digest differs) and with bare ``torch.save``, and a verified load with ``torch.load``; each is the median over
+the repeats of the two variants' ratio within one repeat (paired, so a slow moment of the machine, which hits
+both, cancels out). The flip experiment flips
 single bits at random places of the stored tensor bytes of a smaller checkpoint and counts how many loads are
 refused, and at random places anywhere in the file, where a flip must be refused or load identical contents.
 
@@ -112,16 +114,20 @@ def measure(megabytes: int, repeats: int, folder: Path) -> dict[str, Any]:
         }
         for name, values in samples.items()
     }
+    def paired(numerator: str, denominator: str, clock: int) -> float:
+        """The median over repeats of one repeat's ratio: a busy moment slows both variants of that repeat."""
+        pairs = zip(samples[numerator], samples[denominator], strict=True)
+        return round(statistics.median(top[clock] / bottom[clock] for top, bottom in pairs), 3)
+
     ratios: dict[str, dict[str, float]] = {}
     for algorithm in COMPARED:
-        for clock in ("cpu_s", "wall_s"):
-            key = clock.removesuffix("_s")
-            save, load = rows[f"atomic_save({algorithm})"][clock], rows[f"read_checkpoint({algorithm})"][clock]
+        save, load = f"atomic_save({algorithm})", f"read_checkpoint({algorithm})"
+        for index, key in enumerate(("cpu", "wall")):
             ratios.setdefault(algorithm, {}).update(
                 {
-                    f"save_vs_atomic_unverified_{key}": round(save / rows["atomic_save(checksum=False)"][clock], 3),
-                    f"save_vs_torch_save_{key}": round(save / rows["torch.save"][clock], 3),
-                    f"load_vs_torch_load_{key}": round(load / rows["torch.load"][clock], 3),
+                    f"save_vs_atomic_unverified_{key}": paired(save, "atomic_save(checksum=False)", index),
+                    f"save_vs_torch_save_{key}": paired(save, "torch.save", index),
+                    f"load_vs_torch_load_{key}": paired(load, "torch.load", index),
                 }
             )
     return {"megabytes": megabytes, "repeats": repeats, "times": rows, "ratios": ratios}
@@ -167,7 +173,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['machine']}, {results['cpus']} CPUs, Python {results['python']}, torch {results['torch']};"
         f" files in {results['files_in']}."
-        f" Default digest: **{DEFAULT_ALGORITHM}** (was sha256). Medians of the repeats; method below.",
+        f" Default digest: **{DEFAULT_ALGORITHM}** (was sha256). Times: medians of the repeats; ratios: medians"
+        " of paired ratios (method below).",
         "",
     ]
     for run in results["runs"]:
@@ -228,7 +235,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500], help="checkpoint sizes in MB")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--flips", type=int, default=200, help="single-bit flips per region")
     shm = Path("/dev/shm")
     parser.add_argument("--dir", type=Path, default=shm if shm.is_dir() else None, help="where files are written")

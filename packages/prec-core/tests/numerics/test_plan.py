@@ -11,7 +11,7 @@ from _modules import load_module
 
 import prec
 from prec.numerics import SCHEMA_VERSION, Plan, Thresholds, make_plan, measure, plot_heatmap
-from prec.numerics.plan import Decision, MasterWeights, exact_pattern
+from prec.numerics.plan import Decision, MasterWeightsDecision, exact_pattern
 
 models = load_module(Path(__file__).with_name("models.py"), "_prec_numerics_models")
 
@@ -104,7 +104,7 @@ def _plan() -> Plan:
         precision="bf16-true",
         keep_float32=(Decision("blocks.0.norm", "its output error in bf16 is 3.00% > 2.00%"),),
         fp8_exclude=(),
-        master_weights=MasterWeights("kahan", "norm.weight loses its update"),
+        master_weights=MasterWeightsDecision("kahan", "norm.weight loses its update"),
         notes=("a note",),
         thresholds={"max_error_16": 0.02},
     )

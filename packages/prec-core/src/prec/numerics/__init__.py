@@ -37,7 +37,7 @@ from prec.numerics.formats import (
     parse_formats,
 )
 from prec.numerics.measure import LayerMeasurement, Measurements, measure
-from prec.numerics.plan import SCHEMA_VERSION, Decision, MasterWeights, Plan
+from prec.numerics.plan import SCHEMA_VERSION, Decision, MasterWeightsDecision, Plan
 from prec.numerics.planner import Thresholds, make_plan
 from prec.numerics.plot import plot_heatmap
 from prec.numerics.recorder import DEFAULT_FORMATS, DEFAULT_MODULE_TYPES, KINDS, NumericsRecorder, default_filter
@@ -59,7 +59,7 @@ __all__ = [
     "Format",
     "LayerDrift",
     "LayerMeasurement",
-    "MasterWeights",
+    "MasterWeightsDecision",
     "Measurements",
     "NumericsRecorder",
     "NumericsResult",

@@ -27,21 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from prec.errors import ConfigurationError
+from prec.options import MASTER_WEIGHT_MODES
 
 __all__ = [
-    "MASTER_WEIGHT_MODES",
     "PLAN_OPTION",
     "SCHEMA_VERSION",
     "Decision",
-    "MasterWeights",
+    "MasterWeightsDecision",
     "Plan",
     "exact_pattern",
     "expand_plan_option",
 ]
 
 SCHEMA_VERSION = 1
-#: The ``master_weights`` modes a plan may name (those of prec's bf16-true / 16-true).
-MASTER_WEIGHT_MODES = ("fp32", "kahan", "stochastic")
 #: The ``precision_options`` key that takes a plan (a file path or a :class:`Plan`): see :func:`expand_plan_option`.
 PLAN_OPTION = "plan"
 #: Where a plan's ``fp8_exclude`` goes in an fp8 precision's options: prec-torchao's layer filter takes name
@@ -64,7 +62,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class MasterWeights:
+class MasterWeightsDecision:
     """The ``master_weights`` mode the plan asks for, and why."""
 
     mode: str
@@ -78,7 +76,7 @@ class Plan:
     precision: str
     keep_float32: tuple[Decision, ...] = ()
     fp8_exclude: tuple[Decision, ...] = ()
-    master_weights: MasterWeights | None = None
+    master_weights: MasterWeightsDecision | None = None
     notes: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -236,7 +234,7 @@ def _decisions(value: Any, key: str, source: str) -> tuple[Decision, ...]:
     return tuple(Decision(**_entry(item, ("module", "reason"), key, source)) for item in value)
 
 
-def _master_weights(value: Any, source: str) -> MasterWeights | None:
+def _master_weights(value: Any, source: str) -> MasterWeightsDecision | None:
     if value is None:
         return None
     entry = _entry(value, ("mode", "reason"), "master_weights", source)
@@ -244,4 +242,4 @@ def _master_weights(value: Any, source: str) -> MasterWeights | None:
         raise ConfigurationError(
             f"{source}: key 'master_weights.mode' is {entry['mode']!r}; accepted: {', '.join(MASTER_WEIGHT_MODES)}."
         )
-    return MasterWeights(**entry)
+    return MasterWeightsDecision(**entry)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from prec.errors import ConfigurationError
 from prec.numerics.formats import FORMATS, formats_for_precision
 from prec.numerics.measure import LayerMeasurement, Measurements
-from prec.numerics.plan import Decision, MasterWeights, Plan
+from prec.numerics.plan import Decision, MasterWeightsDecision, Plan
 
 __all__ = [
     "FP8_MAX_BACKWARD_ERROR",
@@ -153,7 +153,7 @@ def make_plan(measurements: Measurements, precision: str, *, thresholds: Thresho
 
 def _master_weights(
     measurements: Measurements, weights: str, kept: set[str], limits: Thresholds, notes: list[str]
-) -> MasterWeights | None:
+) -> MasterWeightsDecision | None:
     if FORMATS[weights].bits != 16:
         return None
     if weights not in {fmt for layer in measurements.layers.values() for fmt in layer.lost_update}:
@@ -178,13 +178,13 @@ def _master_weights(
     more = f" and {len(losing) - 5} more" if len(losing) > 5 else ""
     limit = _percent(limits.max_lost_update)
     if weights == "bf16":
-        return MasterWeights(
+        return MasterWeightsDecision(
             "kahan",
             f"in bf16 {shown}{more} lose more than {limit} of their update (lost-update ratio, optimizer"
             f" {measurements.optimizer}); 'kahan' keeps what rounding drops in a bf16 compensation buffer"
             " (+2 bytes per parameter)",
         )
-    return MasterWeights(
+    return MasterWeightsDecision(
         "fp32",
         f"in {weights} {shown}{more} lose more than {limit} of their update (lost-update ratio, optimizer"
         f" {measurements.optimizer}); 'fp32' steps float32 copies (+4 bytes per parameter; float16 has no cheap"

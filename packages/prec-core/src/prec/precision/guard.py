@@ -225,20 +225,19 @@ class NonFiniteGuard:
             self.record(target, True, _no_scale)
 
         def guarded_step() -> Any:
-            target = ref()
             grads = [*map(_GRAD, params)]
             try:
                 check(grads, found, one)
             except TypeError:  # a parameter without a gradient (frozen, or unused this step)
                 check([grad for grad in grads if grad is not None], found, one)
             if flag[()] if flag is not None else found.item():
-                return skip(target)
+                return skip(ref())
             if self._last_skipped:
                 self._last_skipped = False
                 precision.step_skipped = False
                 self.consecutive = 0
                 self._alarmed = False
-            return target.step() if apply is None else apply(target)
+            return ref().step() if apply is None else apply(ref())
 
         return guarded_step
 

@@ -37,7 +37,7 @@ from typing_extensions import override
 from prec._warnings import warn
 from prec.cluster.dtensor import copy_into, local_tensor
 from prec.errors import ConfigurationError, PrecWarning
-from prec.precision.master_mode import MASTER_WEIGHT_MODES, MasterWeights
+from prec.options import MASTER_WEIGHT_MODES, MasterWeights
 from prec.precision.true import TruePrecision
 from prec.precision.working_copies import WorkingCopyStepper, stochastic_round
 

@@ -33,12 +33,13 @@ def _generic_check(grads: list[Tensor], found: Tensor, one: Tensor) -> None:
 
 
 def host_view(flag: Tensor) -> Any:
-    """A numpy view of a CPU flag: reading it costs no torch call (the CPU kernel has finished when it returns);
-    ``None`` off the CPU or without numpy (then the flag is read with ``.item()``)."""
+    """A memoryview of a CPU flag's bytes (``view[()]`` reads it as a Python float): no torch call and no numpy
+    scalar per read (the CPU kernel has finished when it returns); ``None`` off the CPU or without numpy (then the
+    flag is read with ``.item()``)."""
     if flag.device.type != "cpu":
         return None
     try:
-        return flag.numpy()
+        return memoryview(flag.numpy())
     except (RuntimeError, ImportError):  # torch without numpy support
         return None
 
