@@ -30,13 +30,15 @@ SAMPLES, FEATURES, PER_RANK_BATCH, WORLD = 32, 8, 4, 2
 WORKER = textwrap.dedent(
     '''
     """Runs the scenarios named on the command line under strategy="ddp" on 2 CPU processes."""
-    import json, os, sys
+    import functools, json, os, sys, time
+    from datetime import timedelta
     from pathlib import Path
 
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     import prec
+    from prec.distributed import DDPStrategy
 
     SAMPLES, FEATURES, BATCH = 32, 8, 4
 
@@ -61,6 +63,8 @@ WORKER = textwrap.dedent(
             loss = torch.nn.functional.mse_loss(self.layer(x).float(), y)
             if self._injects("forward"):
                 loss = loss * float("inf")  # before DDP's all-reduce: this rank's gradients become inf/NaN
+            if self._injects("hang"):
+                time.sleep(3600)  # alive and silent: rank 0 waits for this rank's gradients in the all-reduce
             self.log("train_loss", loss)
             return loss
 
@@ -93,6 +97,12 @@ WORKER = textwrap.dedent(
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+    class QuickTimeout:
+        @prec.hookimpl
+        def prec_register_strategies(self, register):
+            register("ddp_quick_timeout", functools.partial(DDPStrategy, timeout=timedelta(seconds=10)))
 
 
     def run(out, name, strategy="ddp", **options):
@@ -164,6 +174,11 @@ WORKER = textwrap.dedent(
                 plain_scaler=True,
             ),
             "ckpt_resume": dict(precision="32-true", max_epochs=3, ckpt_path=single_ckpt),
+            "hang_rank1": dict(
+                strategy="ddp_quick_timeout",
+                precision="32-true",
+                inject={"where": "hang", "rank": 1, "step": 2},
+            ),
             "fsdp32": dict(strategy="fsdp", precision="32-true", save=str(out / "fsdp.ckpt"), load=single_ckpt),
             "fsdpbf16": dict(strategy="fsdp", precision="bf16-mixed"),
             "fsdpbf16true": dict(strategy="fsdp", precision="bf16-true"),
@@ -174,6 +189,8 @@ WORKER = textwrap.dedent(
             ),
         }
         for name in scenarios:
+            if name == "hang_rank1":  # a collective gives up after 10 s instead of 30 minutes
+                prec.register_plugin(QuickTimeout(), "quick-timeout")
             if name == "crash_rank1":
                 if os.environ.get("RANK") == "1":
                     os._exit(3)  # a started process dies before it joins the process group
@@ -375,6 +392,30 @@ def test_a_dead_rank_stops_the_job_instead_of_a_hang(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "prec: rank 1 exited with status 3 while rank 0 waits for it; stopping the job." in result.stderr
     assert not (tmp_path / "ddp32_rank0.json").exists()
+
+
+@pytest.mark.timeout(PROCESS_TIMEOUT_S + 60)
+def test_a_rank_that_hangs_without_failing_is_named_with_where_it_was(tmp_path: Path) -> None:
+    """Rank 1 sleeps inside training_step: alive, silent. Rank 0 fails in the all-reduce at the strategy's
+    timeout (10 s here), and the launcher names rank 1 with its main thread's stack before stopping it."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "hang_rank1"],
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode != 0, result.stderr
+    stderr = result.stderr
+    assert "prec: rank 1 was still running and reported no error" in stderr, stderr
+    where = stderr.split("Where rank 1 was:", 1)[1]
+    assert "in training_step" in where and "worker.py" in where, stderr
+    assert not (tmp_path / "hang_rank1_rank0.json").exists()
 
 
 @pytest.mark.timeout(PROCESS_TIMEOUT_S + 60)

@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from prec.cluster.stacks import arm_stack_dump, main_thread_stack, request_stacks, stack_path
 from prec.errors import ConfigurationError
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -142,6 +143,7 @@ class LocalLauncher:
         except BaseException:
             self._settle()
             self.report_failures()  # a rank that failed first explains rank 0's own error
+            self.report_silent()  # a rank that hangs without failing is why rank 0 timed out in a collective
             self.kill()  # rank 0 failed: the others would wait for it until the timeout
             raise
         finally:
@@ -155,7 +157,7 @@ class LocalLauncher:
     def error_of(self, rank: int) -> str | None:
         """What rank ``rank`` wrote about its failure, if it wrote anything."""
         try:
-            text = (Path(self.error_dir) / f"rank{rank}.txt").read_text().strip()
+            text = self._error_file(rank).read_text().strip()
         except OSError:
             return None
         return text or None
@@ -185,6 +187,30 @@ class LocalLauncher:
                 self._reported.add(rank)
                 print(f"prec: {self._describe(rank, code)}", file=sys.stderr, flush=True)
 
+    def report_silent(self) -> None:
+        """Print where each started rank that is still running, and reported no error, was (its main thread's
+        stack, :mod:`prec.cluster.stacks`): a rank that hangs without failing is otherwise never named."""
+        silent = {
+            rank: process.pid
+            for rank, process in enumerate(self.processes, start=1)
+            if process.poll() is None and rank not in self._stopped and self.error_of(rank) is None
+        }
+        if not silent:
+            return
+        files = {rank: stack_path(self._error_file(rank)) for rank in silent}
+        stacks = request_stacks(silent, files)
+        for rank in silent:
+            where = stacks.get(rank, "(it did not answer with its stack)")
+            print(
+                f"prec: rank {rank} was still running and reported no error; rank 0 may have waited for it in a"
+                f" collective until the strategy's timeout. Where rank {rank} was:\n{where}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _error_file(self, rank: int) -> Path:
+        return Path(self.error_dir) / f"rank{rank}.txt"
+
     def _watch(self) -> None:
         while True:
             codes = [process.poll() for process in self.processes]
@@ -201,7 +227,8 @@ class LocalLauncher:
                     rank, code = failed[0]
                     self._reported.add(rank)
                     print(
-                        f"prec: {self._describe(rank, code)} while rank 0 waits for it; stopping the job.",
+                        f"prec: {self._describe(rank, code)} while rank 0 waits for it; stopping the job."
+                        f" Rank 0 was at:\n{main_thread_stack()}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -224,7 +251,7 @@ class LocalLauncher:
             "GROUP_RANK": "0",
         }
         for rank in range(1, self.world_size):
-            error_file = str(Path(self.error_dir) / f"rank{rank}.txt")
+            error_file = str(self._error_file(rank))
             env = {**os.environ, **shared, "RANK": str(rank), "LOCAL_RANK": str(rank), ERROR_FILE_VARIABLE: error_file}
             self.processes.append(subprocess.Popen(command, env=env))  # noqa: S603 - this program, re-run
         # Rank 0 joins through the same variables; later Trainers in this process see a launched job and join.
@@ -304,6 +331,7 @@ def launcher_run() -> AbstractContextManager[None]:
         return _active.run()
     error_file = os.environ.get(ERROR_FILE_VARIABLE)
     if error_file:
+        arm_stack_dump(error_file)  # rank 0 asks for this process's stack if it fails while this one is silent
         return _record_failure(error_file)
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):
         return _record_for_torchrun()
