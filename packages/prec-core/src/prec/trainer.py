@@ -20,6 +20,7 @@ from prec.model.module import TrainingModule, unwrap_compiled
 from prec.precision import NonFinitePolicy, Precision
 from prec.training.composition import get_registry
 from prec.training.config import TrainerConfig, check_ckpt_path, reject_unknown_arguments
+from prec.training.forwarding import Forwarded
 from prec.training.optim import ManualOptimizer, clip_with_settings
 from prec.training.run_setup import SkipInit
 from prec.training.run_state import RunState
@@ -277,29 +278,6 @@ class Trainer:
         return next((c for c in self.callbacks if isinstance(c, ProgressBarCallback)), None)
 
     @property
-    def global_step(self) -> int:
-        """Optimizer steps taken so far (what ``max_steps`` counts)."""
-        return self.state.global_step
-
-    @property
-    def current_epoch(self) -> int:
-        return self.state.current_epoch
-
-    @property
-    def should_stop(self) -> bool:
-        """Set it to ``True`` (from a callback or the module) to end ``fit`` after the current batch."""
-        return self.state.should_stop
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.state.should_stop = bool(value)
-
-    @property
-    def sanity_checking(self) -> bool:
-        """True while the validation sanity check before training runs (callbacks skip their work then)."""
-        return self.state.sanity_checking
-
-    @property
     def registry(self) -> Any:
         """The plugin registry this Trainer selected its accelerator, precision and strategy from."""
         return self._registry
@@ -309,29 +287,20 @@ class Trainer:
         """Every logger of this Trainer."""
         return list(self.log_sink.loggers) if self.log_sink is not None else []
 
-    @property
-    def model(self) -> TrainingModule | None:
-        return self.state.model
-
-    @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return self.state.optimizers
-
-    @property
-    def lr_scheduler_configs(self) -> list[Any]:
-        return self.state.lr_scheduler_configs
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.strategy.is_global_zero
-
-    @property
-    def world_size(self) -> int:
-        return self.strategy.world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self.strategy.global_rank
+    # -- the run's loop state (``self.state``) and process layout (``self.strategy``), never copied --------------
+    global_step: Forwarded[int] = Forwarded("state")
+    """Optimizer steps taken so far (what ``max_steps`` counts)."""
+    current_epoch: Forwarded[int] = Forwarded("state")
+    should_stop: Forwarded[bool] = Forwarded("state", convert=bool)
+    """Set it to ``True`` (from a callback or the module) to end ``fit`` after the current batch."""
+    sanity_checking: Forwarded[bool] = Forwarded("state")
+    """True while the validation sanity check before training runs (callbacks skip their work then)."""
+    model: Forwarded[TrainingModule | None] = Forwarded("state")
+    optimizers: Forwarded[list[torch.optim.Optimizer]] = Forwarded("state")
+    lr_scheduler_configs: Forwarded[list[Any]] = Forwarded("state")
+    is_global_zero: Forwarded[bool] = Forwarded("strategy")
+    world_size: Forwarded[int] = Forwarded("strategy")
+    global_rank: Forwarded[int] = Forwarded("strategy")
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
