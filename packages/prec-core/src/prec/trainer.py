@@ -329,9 +329,7 @@ class Trainer:
         ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint` (``"last"``: the newest one the
         :class:`prec.ModelCheckpoint` callback wrote): model, optimizers, schedulers, the precision's state (grad
         scaler), loop counters and RNG (see :mod:`prec.training.checkpointing`)."""
-        model = self._module("fit", model)
-        data = StageData("fit", model, datamodule, train_dataloaders, val_dataloaders)
-        self._launch("fit", model, data, ckpt_path)
+        self._launch("fit", model, ckpt_path, datamodule, train_dataloaders, val_dataloaders)
 
     def validate(
         self,
@@ -345,7 +343,7 @@ class Trainer:
         (as Lightning does). Without ``model``, the Trainer's last one; ``ckpt_path`` (a path, ``"best"`` or
         ``"last"``) loads weights first; ``verbose=False`` leaves the results table out."""
         self.state.verbose = bool(verbose)
-        return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
+        return self._launch("validate", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
     def test(
         self,
@@ -358,7 +356,7 @@ class Trainer:
         """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader. Several
         loaders (a list or dict) pass ``dataloader_idx`` to ``test_step`` and name metrics ``…/dataloader_idx_N``."""
         self.state.verbose = bool(verbose)
-        return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
+        return self._launch("test", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
     def predict(
         self,
@@ -370,25 +368,20 @@ class Trainer:
         """Run ``predict_step`` over the loader; return the outputs, passed through the precision's
         ``convert_output`` (float32 for 16-bit precisions); one list per loader for a list or dict of several,
         with ``dataloader_idx`` passed to ``predict_step``. ``ckpt_path`` loads weights."""
-        model = self._module("predict", model)
-        data = StageData("predict", model, datamodule, dataloaders)
-        return self._launch("predict", model, data, ckpt_path)
+        return self._launch("predict", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
-    def _evaluate(
-        self, stage: str, model: TrainingModule | None, loaders: Any, ckpt_path: Any, datamodule: Any
-    ) -> list[dict[str, float]]:
-        model = self._module(stage, model)
-        data = StageData(stage, model, datamodule, loaders)
-        return self._launch(stage, model, data, ckpt_path)
-
-    def _module(self, stage: str, model: Any) -> TrainingModule:
-        """The module to run: the one given (``torch.compile(module)`` is unwrapped, its forward compiled with the
-        same settings), or the Trainer's last one for evaluation stages."""
+    def _launch(self, stage: str, model: TrainingModule | None, ckpt_path: Any, datamodule: Any, *loaders: Any) -> Any:
+        """Run ``stage`` in as many processes as the strategy decides, on the module given (``torch.compile(module)``
+        is unwrapped, its forward compiled with the same settings) or the Trainer's last one for evaluation stages."""
         if model is None and stage != "fit":
             if self.model is None:
                 raise ConfigurationError(f"{stage}() needs a model: pass one, or call fit() on this Trainer first.")
-            return self.model
-        return unwrap_compiled(stage, model)
+            model = self.model
+        else:
+            model = unwrap_compiled(stage, model)
+        data = StageData(stage, model, datamodule, *loaders)
+        ckpt_path = self._checkpoint_path(stage, check_ckpt_path(stage, ckpt_path))
+        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
     @property
     def estimated_stepping_batches(self) -> int | float:
@@ -405,11 +398,6 @@ class Trainer:
             raise ConfigurationError("save_checkpoint() needs a model: call it during or after fit().")
         state = build_checkpoint(self, self.model, weights=False)
         self.strategy.save_checkpoint(path, state, self.model, self.optimizers)
-
-    def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
-        ckpt_path = self._checkpoint_path(stage, check_ckpt_path(stage, ckpt_path))
-        # The strategy decides how many processes run the stage.
-        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
     def _checkpoint_path(self, stage: str, ckpt_path: Any) -> str | os.PathLike[str] | None:
         """``ckpt_path`` as a file: ``"best"`` is the best checkpoint this Trainer's :class:`prec.ModelCheckpoint`
