@@ -153,44 +153,10 @@ class Trainer:
         nonfinite: str | NonFinitePolicy = "skip",
         **unknown: Any,
     ) -> None:
+        arguments = locals()  # first, so it holds the parameters only
         reject_unknown_arguments(unknown)
         #: The arguments as passed, checked and in canonical form (a test keeps its fields equal to the parameters).
-        self.config = config = TrainerConfig(
-            accelerator=accelerator,
-            devices=devices,
-            precision=precision,
-            plugins=plugins,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,
-            min_steps=min_steps,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            overfit_batches=overfit_batches,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            val_check_interval=val_check_interval,
-            num_sanity_val_steps=num_sanity_val_steps,
-            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
-            log_every_n_steps=log_every_n_steps,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            accumulate_grad_batches=accumulate_grad_batches,
-            fast_dev_run=fast_dev_run,
-            deterministic=deterministic,
-            benchmark=benchmark,
-            logger=logger,
-            callbacks=callbacks,
-            enable_progress_bar=enable_progress_bar,
-            enable_checkpointing=enable_checkpointing,
-            enable_model_summary=enable_model_summary,
-            default_root_dir=default_root_dir,
-            precision_options=precision_options,
-            nonfinite=nonfinite,
-        )
+        self.config = config = TrainerConfig(**{name: arguments[name] for name in TrainerConfig.argument_names()})
         #: What the run uses: ``config`` with ``fast_dev_run`` applied. Every setting attribute reads it.
         self.settings = config.for_run()
         registry = get_registry()
