@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
@@ -21,8 +21,8 @@ from prec.precision import NonFinitePolicy, Precision
 from prec.training.composition import get_registry
 from prec.training.config import TrainerConfig, check_ckpt_path, reject_unknown_arguments
 from prec.training.forwarding import Forwarded
+from prec.training.module_init import module_init
 from prec.training.optim import ManualOptimizer, clip_with_settings
-from prec.training.run_setup import SkipInit
 from prec.training.run_state import RunState
 from prec.training.selection import select_parts
 from prec.training.settings import Setting
@@ -268,17 +268,11 @@ class Trainer:
     world_size: Forwarded[int] = Forwarded("strategy")
     global_rank: Forwarded[int] = Forwarded("strategy")
 
-    @contextlib.contextmanager
-    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[None]:
         """Build modules inside this block to have their parameters born on the device, in the precision's dtype
         (bf16-true never materialises float32 weights). ``empty_init=True`` also skips weight initialisation
         (for weights a checkpoint overwrites next)."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self.strategy.module_init_device())
-            if empty_init:
-                stack.enter_context(SkipInit())
-            stack.enter_context(self.precision_plugin.module_init_context())
-            yield
+        return module_init(self.strategy, self.precision_plugin, empty_init)
 
     # -- entry points ---------------------------------------------------------------------------------------
     def fit(
