@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
@@ -20,8 +20,9 @@ from prec.model.module import TrainingModule, unwrap_compiled
 from prec.precision import NonFinitePolicy, Precision
 from prec.training.composition import get_registry
 from prec.training.config import TrainerConfig, check_ckpt_path, reject_unknown_arguments
+from prec.training.forwarding import Forwarded
+from prec.training.module_init import module_init
 from prec.training.optim import ManualOptimizer, clip_with_settings
-from prec.training.run_setup import SkipInit
 from prec.training.run_state import RunState
 from prec.training.selection import select_parts
 from prec.training.settings import Setting
@@ -152,44 +153,10 @@ class Trainer:
         nonfinite: str | NonFinitePolicy = "skip",
         **unknown: Any,
     ) -> None:
+        arguments = locals()  # first, so it holds the parameters only
         reject_unknown_arguments(unknown)
         #: The arguments as passed, checked and in canonical form (a test keeps its fields equal to the parameters).
-        self.config = config = TrainerConfig(
-            accelerator=accelerator,
-            devices=devices,
-            precision=precision,
-            plugins=plugins,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,
-            min_steps=min_steps,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            overfit_batches=overfit_batches,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            val_check_interval=val_check_interval,
-            num_sanity_val_steps=num_sanity_val_steps,
-            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
-            log_every_n_steps=log_every_n_steps,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            accumulate_grad_batches=accumulate_grad_batches,
-            fast_dev_run=fast_dev_run,
-            deterministic=deterministic,
-            benchmark=benchmark,
-            logger=logger,
-            callbacks=callbacks,
-            enable_progress_bar=enable_progress_bar,
-            enable_checkpointing=enable_checkpointing,
-            enable_model_summary=enable_model_summary,
-            default_root_dir=default_root_dir,
-            precision_options=precision_options,
-            nonfinite=nonfinite,
-        )
+        self.config = config = TrainerConfig(**{name: arguments[name] for name in TrainerConfig.argument_names()})
         #: What the run uses: ``config`` with ``fast_dev_run`` applied. Every setting attribute reads it.
         self.settings = config.for_run()
         registry = get_registry()
@@ -277,29 +244,6 @@ class Trainer:
         return next((c for c in self.callbacks if isinstance(c, ProgressBarCallback)), None)
 
     @property
-    def global_step(self) -> int:
-        """Optimizer steps taken so far (what ``max_steps`` counts)."""
-        return self.state.global_step
-
-    @property
-    def current_epoch(self) -> int:
-        return self.state.current_epoch
-
-    @property
-    def should_stop(self) -> bool:
-        """Set it to ``True`` (from a callback or the module) to end ``fit`` after the current batch."""
-        return self.state.should_stop
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.state.should_stop = bool(value)
-
-    @property
-    def sanity_checking(self) -> bool:
-        """True while the validation sanity check before training runs (callbacks skip their work then)."""
-        return self.state.sanity_checking
-
-    @property
     def registry(self) -> Any:
         """The plugin registry this Trainer selected its accelerator, precision and strategy from."""
         return self._registry
@@ -309,41 +253,26 @@ class Trainer:
         """Every logger of this Trainer."""
         return list(self.log_sink.loggers) if self.log_sink is not None else []
 
-    @property
-    def model(self) -> TrainingModule | None:
-        return self.state.model
+    # -- the run's loop state (``self.state``) and process layout (``self.strategy``), never copied --------------
+    global_step: Forwarded[int] = Forwarded("state")
+    """Optimizer steps taken so far (what ``max_steps`` counts)."""
+    current_epoch: Forwarded[int] = Forwarded("state")
+    should_stop: Forwarded[bool] = Forwarded("state", convert=bool)
+    """Set it to ``True`` (from a callback or the module) to end ``fit`` after the current batch."""
+    sanity_checking: Forwarded[bool] = Forwarded("state")
+    """True while the validation sanity check before training runs (callbacks skip their work then)."""
+    model: Forwarded[TrainingModule | None] = Forwarded("state")
+    optimizers: Forwarded[list[torch.optim.Optimizer]] = Forwarded("state")
+    lr_scheduler_configs: Forwarded[list[Any]] = Forwarded("state")
+    is_global_zero: Forwarded[bool] = Forwarded("strategy")
+    world_size: Forwarded[int] = Forwarded("strategy")
+    global_rank: Forwarded[int] = Forwarded("strategy")
 
-    @property
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return self.state.optimizers
-
-    @property
-    def lr_scheduler_configs(self) -> list[Any]:
-        return self.state.lr_scheduler_configs
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.strategy.is_global_zero
-
-    @property
-    def world_size(self) -> int:
-        return self.strategy.world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self.strategy.global_rank
-
-    @contextlib.contextmanager
-    def init_module(self, empty_init: bool | None = None) -> Iterator[None]:
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[None]:
         """Build modules inside this block to have their parameters born on the device, in the precision's dtype
         (bf16-true never materialises float32 weights). ``empty_init=True`` also skips weight initialisation
         (for weights a checkpoint overwrites next)."""
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self.strategy.module_init_device())
-            if empty_init:
-                stack.enter_context(SkipInit())
-            stack.enter_context(self.precision_plugin.module_init_context())
-            yield
+        return module_init(self.strategy, self.precision_plugin, empty_init)
 
     # -- entry points ---------------------------------------------------------------------------------------
     def fit(
@@ -360,9 +289,7 @@ class Trainer:
         ``ckpt_path`` resumes from a checkpoint written by :meth:`save_checkpoint` (``"last"``: the newest one the
         :class:`prec.ModelCheckpoint` callback wrote): model, optimizers, schedulers, the precision's state (grad
         scaler), loop counters and RNG (see :mod:`prec.training.checkpointing`)."""
-        model = self._module("fit", model)
-        data = StageData("fit", model, datamodule, train_dataloaders, val_dataloaders)
-        self._launch("fit", model, data, ckpt_path)
+        self._launch("fit", model, ckpt_path, datamodule, train_dataloaders, val_dataloaders)
 
     def validate(
         self,
@@ -376,7 +303,7 @@ class Trainer:
         (as Lightning does). Without ``model``, the Trainer's last one; ``ckpt_path`` (a path, ``"best"`` or
         ``"last"``) loads weights first; ``verbose=False`` leaves the results table out."""
         self.state.verbose = bool(verbose)
-        return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
+        return self._launch("validate", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
     def test(
         self,
@@ -389,7 +316,7 @@ class Trainer:
         """Run ``test_step`` over the loader; return the epoch metrics as a list with one dict per loader. Several
         loaders (a list or dict) pass ``dataloader_idx`` to ``test_step`` and name metrics ``…/dataloader_idx_N``."""
         self.state.verbose = bool(verbose)
-        return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
+        return self._launch("test", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
     def predict(
         self,
@@ -401,25 +328,20 @@ class Trainer:
         """Run ``predict_step`` over the loader; return the outputs, passed through the precision's
         ``convert_output`` (float32 for 16-bit precisions); one list per loader for a list or dict of several,
         with ``dataloader_idx`` passed to ``predict_step``. ``ckpt_path`` loads weights."""
-        model = self._module("predict", model)
-        data = StageData("predict", model, datamodule, dataloaders)
-        return self._launch("predict", model, data, ckpt_path)
+        return self._launch("predict", model, ckpt_path, datamodule, dataloaders)  # type: ignore[no-any-return]
 
-    def _evaluate(
-        self, stage: str, model: TrainingModule | None, loaders: Any, ckpt_path: Any, datamodule: Any
-    ) -> list[dict[str, float]]:
-        model = self._module(stage, model)
-        data = StageData(stage, model, datamodule, loaders)
-        return self._launch(stage, model, data, ckpt_path)
-
-    def _module(self, stage: str, model: Any) -> TrainingModule:
-        """The module to run: the one given (``torch.compile(module)`` is unwrapped, its forward compiled with the
-        same settings), or the Trainer's last one for evaluation stages."""
+    def _launch(self, stage: str, model: TrainingModule | None, ckpt_path: Any, datamodule: Any, *loaders: Any) -> Any:
+        """Run ``stage`` in as many processes as the strategy decides, on the module given (``torch.compile(module)``
+        is unwrapped, its forward compiled with the same settings) or the Trainer's last one for evaluation stages."""
         if model is None and stage != "fit":
             if self.model is None:
                 raise ConfigurationError(f"{stage}() needs a model: pass one, or call fit() on this Trainer first.")
-            return self.model
-        return unwrap_compiled(stage, model)
+            model = self.model
+        else:
+            model = unwrap_compiled(stage, model)
+        data = StageData(stage, model, datamodule, *loaders)
+        ckpt_path = self._checkpoint_path(stage, check_ckpt_path(stage, ckpt_path))
+        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
     @property
     def estimated_stepping_batches(self) -> int | float:
@@ -436,11 +358,6 @@ class Trainer:
             raise ConfigurationError("save_checkpoint() needs a model: call it during or after fit().")
         state = build_checkpoint(self, self.model, weights=False)
         self.strategy.save_checkpoint(path, state, self.model, self.optimizers)
-
-    def _launch(self, stage: str, model: TrainingModule, data: StageData, ckpt_path: Any) -> Any:
-        ckpt_path = self._checkpoint_path(stage, check_ckpt_path(stage, ckpt_path))
-        # The strategy decides how many processes run the stage.
-        return self.strategy.launch(self._run_stage, stage, model, ckpt_path, data)
 
     def _checkpoint_path(self, stage: str, ckpt_path: Any) -> str | os.PathLike[str] | None:
         """``ckpt_path`` as a file: ``"best"`` is the best checkpoint this Trainer's :class:`prec.ModelCheckpoint`
