@@ -14,7 +14,7 @@ import os
 import types
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -26,6 +26,10 @@ CHECKPOINT_KEY = "hyper_parameters"
 _STORE = "_prec_hparams"  # attributes this module alone reads and writes on the object
 _INITIAL = "_prec_hparams_initial"
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+if TYPE_CHECKING:
+    from prec.model.kept_float32 import KeepFloat32
+    from prec.precision.policy import ModulePolicy
 
 Built = TypeVar("Built")
 
@@ -129,6 +133,7 @@ def load_from_checkpoint(
     strict: bool = True,
     dtype: torch.dtype | str | None = None,
     precision: str | None = None,
+    keep_float32: KeepFloat32 | None = None,
     **overrides: Any,
 ) -> Built:
     """Build ``cls(**saved hyperparameters, **overrides)`` and load the checkpoint's weights into it (on the CPU;
@@ -137,10 +142,16 @@ def load_from_checkpoint(
     ``dtype`` (or ``precision``, a precision name standing for its weights' dtype: ``"bf16-true"`` is bfloat16,
     a mixed precision float32) builds the model in that dtype directly: on the meta device, then the checkpoint's
     tensors cast once and assigned, so a float32 copy of the model never exists. Weights that a bf16-true
-    checkpoint refines with ``master_weights`` load at their full float32 value when the dtype is wider."""
+    checkpoint refines with ``master_weights`` load at their full float32 value when the dtype is wider.
+
+    ``keep_float32`` (module classes and name patterns, as the precision option) keeps those modules float32 in
+    that dtype, as the precision did in training. By default, loading at a 16-bit dtype keeps the modules a 16-bit
+    run kept (the checkpoint stores them in float32) and logs them once; ``keep_float32=()`` casts everything."""
     from prec.checkpoint.io import read_checkpoint
+    from prec.model.kept_float32 import explicit_policy, log_recorded
 
     target = weights_dtype(dtype, precision)
+    policy = explicit_policy(keep_float32) if keep_float32 is not None else None
     checkpoint = read_checkpoint(checkpoint_path)
     saved = dict(checkpoint.get(CHECKPOINT_KEY) or {})
     arguments = {**saved, **overrides}
@@ -149,7 +160,9 @@ def load_from_checkpoint(
         _call_load_hook(model, checkpoint)
         result = model.load_state_dict(_cast_for(model, checkpoint), strict=strict)
     else:
-        model, result = _load_in_dtype(cls, checkpoint_path, checkpoint, saved, arguments, target, strict)
+        model, result, kept = _load_in_dtype(cls, checkpoint_path, checkpoint, saved, arguments, target, strict, policy)
+        if policy is None:
+            log_recorded(kept, target)
     if not strict and (result.missing_keys or result.unexpected_keys):
         warn(
             f"load_from_checkpoint(strict=False): {len(result.missing_keys)} missing and"
@@ -217,9 +230,12 @@ def _load_in_dtype(
     arguments: dict[str, Any],
     target: torch.dtype,
     strict: bool,
-) -> tuple[Built, Any]:
-    """Build on the meta device in ``target``, cast the checkpoint's tensors once, assign them. A model that left
-    tensors the checkpoint does not hold (non-persistent buffers) is rebuilt for real in ``target``."""
+    policy: ModulePolicy | None,
+) -> tuple[Built, Any, list[str]]:
+    """Build on the meta device in ``target``, keep ``policy``'s modules float32 (``None``: those the checkpoint
+    stores so, at a 16-bit ``target``), cast the checkpoint's tensors once, assign them. A model that left tensors
+    the checkpoint does not hold (non-persistent buffers) is rebuilt for real in ``target``."""
+    from prec.model.kept_float32 import apply_policy, recorded_policy
     from prec.precision.base import default_dtype
 
     try:
@@ -229,13 +245,16 @@ def _load_in_dtype(
         model = None
     built = model if model is not None else _build_real(cls, checkpoint_path, saved, arguments, target)
     _call_load_hook(built, checkpoint)
+    policy = policy if policy is not None else recorded_policy(built, checkpoint, target)
+    kept = apply_policy(built, policy, target)
     state = _cast_for(built, checkpoint)
     result = built.load_state_dict(state, strict=strict, assign=True)
     if any(value.is_meta for value in [*built.parameters(), *built.buffers()]):
         built = _build_real(cls, checkpoint_path, saved, arguments, target)
         _call_load_hook(built, checkpoint)
+        kept = apply_policy(built, policy, target)
         result = built.load_state_dict(state, strict=strict, assign=True)
-    return built, result
+    return built, result, kept
 
 
 def _cast_for(model: torch.nn.Module, checkpoint: dict[str, Any]) -> dict[str, Any]:

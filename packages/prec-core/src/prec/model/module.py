@@ -152,7 +152,8 @@ class TrainingModule(HyperparametersMixin, torch.nn.Module):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, strict: bool = True, **overrides: Any) -> Any:
         """Build the module from the hyperparameters a checkpoint saved (``save_hyperparameters``), with
-        ``overrides``, and load its weights."""
+        ``overrides``, and load its weights; ``dtype=``/``precision=`` and ``keep_float32=`` pass through to
+        :func:`prec.model.hparams.load_from_checkpoint`."""
         from prec.model.hparams import load_from_checkpoint
 
         return load_from_checkpoint(cls, checkpoint_path, strict=strict, **overrides)
