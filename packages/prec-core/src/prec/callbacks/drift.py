@@ -10,6 +10,9 @@ exceeds ``max_loss_gap`` or grew at every check of three or more (:func:`prec.nu
 What it needs of the module: ``training_step(batch, batch_idx)`` computes the loss from the batch alone (the copy
 runs it once more, in float32; what it logs then goes nowhere) and the run uses automatic optimization without
 gradient accumulation, so the gradients before the optimizer step are that one micro-batch's.
+
+On the steps it does not check, its hooks (batch start, before backward, before the optimizer step) read an
+attribute, compare and return: no batch end hook, no copy, no device synchronisation.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from prec.training.epoch import extract_loss
 from prec.training.metrics import MetricStore
 
 if TYPE_CHECKING:
-    from prec.model.module import StepOutput, TrainingModule
+    from prec.model.module import TrainingModule
     from prec.model.trainer_view import TrainerView
+    from prec.training.run_state import RunState
 
 __all__ = ["DriftCheck", "drift_scalars"]
 
@@ -112,6 +116,7 @@ class DriftCheck(Callback):
         self._plain = False
         self._pending: tuple[Any, int] | None = None
         self._loss: torch.Tensor | None = None
+        self._run_state: RunState | None = None  # ``global_step`` as a plain attribute, not a property
 
     @override
     def on_fit_start(self, trainer: TrainerView, module: TrainingModule) -> None:
@@ -133,11 +138,21 @@ class DriftCheck(Callback):
         )
         self.reports, self.checked_steps, self.last_scalars = [], [], {}
         self._pending, self._loss = None, None
+        self._run_state = trainer.state
+
+    @override
+    def teardown(self, trainer: TrainerView, module: TrainingModule, stage: str) -> None:
+        self._pending, self._loss = None, None  # no batch or loss kept alive after the run
 
     @override
     def on_train_batch_start(self, trainer: TrainerView, module: TrainingModule, batch: Any, batch_idx: int) -> None:
-        if (trainer.global_step + 1) % self.every_n_steps == 0:
+        # Runs every batch: an attribute read and an integer compare, no call. A batch whose training_step
+        # returned None leaves no step, so the next batch has the same global_step and replaces it here.
+        state = self._run_state
+        if state is not None and (state.global_step + 1) % self.every_n_steps == 0:
             self._pending, self._loss = (batch, batch_idx), None
+        elif self._pending is not None:
+            self._pending, self._loss = None, None
 
     @override
     def on_before_backward(self, trainer: TrainerView, module: TrainingModule, loss: torch.Tensor) -> None:
@@ -153,12 +168,6 @@ class DriftCheck(Callback):
             return
         report = self.check(trainer, module, *pending)
         self.publish(trainer, report)
-
-    @override
-    def on_train_batch_end(
-        self, trainer: TrainerView, module: TrainingModule, outputs: StepOutput, batch: Any, batch_idx: int
-    ) -> None:
-        self._pending, self._loss = None, None
 
     def check(self, trainer: TrainerView, module: TrainingModule, batch: Any, batch_idx: int) -> DriftReport:
         """The drift of this step's gradients (already unscaled) against the reference on ``batch``."""

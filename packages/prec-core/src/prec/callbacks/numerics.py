@@ -14,8 +14,10 @@ or overflow in each format, and the lost-update ratio of the weights — and the
 At the end of ``fit`` it prints the worst values it saw (the "top offenders", 80 columns) to stderr when the
 progress bar is on and to the ``prec`` logger always, as the run's first lines are.
 
-On the other steps nothing is installed: no module or tensor hook, no device synchronisation; the monitor's
-hooks compare the step counter and return. A recorded step costs a float32 copy of each tensor measured and,
+On the other steps nothing is installed: no module or tensor hook, no device synchronisation. Each of the
+monitor's three step hooks reads plain attributes (the run state and the guard are kept at ``fit`` start), compares
+integers and returns, with no further call; what remains per idle step is the Trainer calling those hooks
+(``benchmarks/numerics_cost.py`` counts it). A recorded step costs a float32 copy of each tensor measured and,
 with ``"updates"``, a float32 replay of the optimizer step for the recorded parameters.
 """
 
@@ -42,6 +44,8 @@ from prec.options import is_positive_int
 if TYPE_CHECKING:
     from prec.model.module import StepOutput, TrainingModule
     from prec.model.trainer_view import TrainerView
+    from prec.precision.guard import NonFiniteGuard
+    from prec.training.run_state import RunState
 
 __all__ = ["NumericsMonitor", "run_formats"]
 
@@ -109,6 +113,8 @@ class NumericsMonitor(Callback):
         #: The worst value seen per (module, kind, format, what) over the fit.
         self.worst: dict[tuple[str, str, str, str], Offender] = {}
         self._every = 1
+        self._run_state: RunState | None = None  # ``global_step`` as a plain attribute, not a property
+        self._guard: NonFiniteGuard | None = None
         self._recording: int | None = None
         self._record_next = False
         self._skips_seen = 0
@@ -139,6 +145,7 @@ class NumericsMonitor(Callback):
             raise ConfigurationError("NumericsMonitor(module_filter=...) selected no module of the model.")
         self._every = self.every_n_steps or trainer.log_every_n_steps or 1
         self._recording, self._record_next = None, False
+        self._run_state, self._guard = trainer.state, precision.guard
         self._skips_seen = precision.guard.skipped
         self.recorded_steps, self.worst, self.last_scalars, self.last_step = [], {}, {}, None
         self._warned = set()
@@ -162,12 +169,15 @@ class NumericsMonitor(Callback):
     # -- the steps ------------------------------------------------------------------------------------------
     @override
     def on_train_batch_start(self, trainer: TrainerView, module: TrainingModule, batch: Any, batch_idx: int) -> None:
-        recorder = self.recorder
-        if recorder is None or self._recording is not None:
+        # The idle path: attribute reads and integer compares only (no property, no call): it runs every batch.
+        recorder, guard, state = self.recorder, self._guard, self._run_state
+        if recorder is None or guard is None or state is None or self._recording is not None:
             return
-        step = trainer.global_step
-        if (step + 1) % self._every and not self._record_next and not self._skip_seen(trainer):
-            return
+        step = state.global_step
+        if (step + 1) % self._every and not self._record_next:
+            if guard.skipped == self._skips_seen:
+                return
+            self._skips_seen = guard.skipped  # a skip since the last look: record this step (a host integer)
         self._record_next = False
         self._recording = step
         recorder.start()
@@ -226,14 +236,6 @@ class NumericsMonitor(Callback):
         return title + "\n" + format_table(self.offenders(n))
 
     # -- internals ------------------------------------------------------------------------------------------
-    def _skip_seen(self, trainer: TrainerView) -> bool:
-        """Whether the guard counted a skip since the monitor last looked: a host integer, never a device read."""
-        skipped = trainer.precision_plugin.guard.skipped
-        if skipped == self._skips_seen:
-            return False
-        self._skips_seen = skipped
-        return True
-
     def _warn_skip(self, result: NumericsResult, step: int) -> None:
         """Warn once per fit for each set of overflowing layers (a run that keeps skipping says it once)."""
         overflowed, nonfinite = _overflowed_layers(result, self._run_formats)
