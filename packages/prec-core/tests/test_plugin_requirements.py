@@ -1,4 +1,5 @@
-"""prec.plugin.Requirement on real distributions: found or not, too old, broken on import, loggers quieted."""
+"""prec.plugin.Requirement on real distributions: found or not, too old, broken on import, loggers quieted; and
+how prec.testing.PluginProbe reads an unavailable plugin's reason."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 import prec
 from prec.plugin import Requirement, quiet_loggers, version_tuple
+from prec.testing import PluginProbe
 
 MISSING = "prec_requirement_that_is_not_installed"
 
@@ -120,3 +122,23 @@ def test_bad_arguments_name_what_is_accepted(arguments: dict[str, str], named: s
     with pytest.raises(prec.ConfigurationError, match="expected") as caught:
         Requirement(**{"module": "torch", "plugin": "prec-example", **arguments})
     assert named in str(caught.value)
+
+
+def test_a_probe_reads_one_reason_from_the_listing_and_the_refusal() -> None:
+    reason = "example is not installed; pip install example"
+    probe = PluginProbe(
+        plugins={"example": "ok"},
+        descriptions={
+            "ex-mixed@cpu": f"unavailable: {reason}",
+            "ex-true@cpu": "runs",
+            "ex-mixed@cuda": "unavailable: x",
+        },
+        table="",
+        results={},
+        listed_imports=[],
+        error=f"precision='ex-mixed' comes from prec-example, which cannot run here: {reason}.",
+    )
+    assert probe.unavailable_reason("ex-mixed@cpu") == reason
+    for pairs in (("ex-mixed@cpu", "ex-true@cpu"), ("ex-mixed@cpu", "ex-mixed@cuda"), ("missing@cpu",), ()):
+        with pytest.raises(AssertionError):
+            probe.unavailable_reason(*pairs)

@@ -26,19 +26,19 @@ def probe(tmp_path: Path, hide: tuple[str, ...] = ()) -> PluginProbe:
 
 def test_not_installed(tmp_path: Path) -> None:
     result = probe(tmp_path, hide=("torchao",))
-    reason = result.results["reason"]
+    reason = result.unavailable_reason("fp8-mixed@cpu", "mxfp8-mixed@cuda", "int8-mixed@cpu")
+    assert reason == result.results["reason"]
     assert reason.startswith("torchao is not installed; pip install 'torchao>=0.18.0'")
-    for name in ("fp8-mixed@cpu", "mxfp8-mixed@cuda", "int8-mixed@cpu"):
-        assert result.descriptions[name] == f"unavailable: {reason}"
     assert result.error == f"precision='fp8-mixed' comes from prec-torchao, which cannot run here: {reason}."
 
 
 def test_too_old(tmp_path: Path) -> None:
     write_distribution_metadata(tmp_path, "torchao", "0.5.0")
     result = probe(tmp_path)
-    reason = result.results["reason"]
-    assert "torchao 0.5.0 is too old (prec-torchao needs torchao>=0.18.0)" in reason
-    assert result.error is not None and reason in result.error and reason in result.descriptions["fp8-bf16-true@cuda"]
+    reason = result.unavailable_reason("fp8-bf16-true@cuda", "fp8-mixed@cpu")
+    assert (
+        reason == result.results["reason"] and "torchao 0.5.0 is too old (prec-torchao needs torchao>=0.18.0)" in reason
+    )
 
 
 def test_installed_but_broken(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ and a selection said::
 
     write_distribution_metadata(tmp_path, "torchao", "0.5.0")
     probe = probe_plugin(tmp_path, precision="fp8-mixed", calls={"reason": "prec_torchao:unavailable_reason"})
-    assert "too old" in probe.results["reason"] and probe.results["reason"] in probe.error
+    assert "too old" in probe.unavailable_reason("fp8-mixed@cpu")  # the listing's and the selection's reason
 """
 
 from __future__ import annotations
@@ -65,6 +65,23 @@ class PluginProbe:
     results: dict[str, Any]
     listed_imports: list[str]
     error: str | None
+
+    def unavailable_reason(self, *pairs: str) -> str:
+        """The one reason the listing gave for every pair in ``pairs`` (``"fp8-mixed@cpu"``, described as
+        ``"unavailable: <reason>"``), also quoted by the refused selection; :class:`AssertionError` otherwise."""
+        if not pairs:
+            raise AssertionError("unavailable_reason() needs at least one 'precision@accelerator' pair")
+        prefix = "unavailable: "
+        descriptions = {pair: self.descriptions.get(pair, "(not listed)") for pair in pairs}
+        reasons = {text.removeprefix(prefix) for text in descriptions.values() if text.startswith(prefix)}
+        if len(reasons) != 1 or not all(text.startswith(prefix) for text in descriptions.values()):
+            raise AssertionError(
+                f"expected one unavailability reason for {list(pairs)}, the listing says {descriptions}"
+            )
+        reason = reasons.pop()
+        if self.error is None or not self.error.endswith(f": {reason}."):
+            raise AssertionError(f"expected the selection to be refused with {reason!r}, it said {self.error!r}")
+        return reason
 
 
 def probe_plugin(
