@@ -3,62 +3,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _modules import load_module
 
 import prec
 from prec.testing import check_precision, precision_pairs
 from prec_torchao import Int8MixedPrecision, Int8TrainingLinear, MXFP8MixedPrecision, MXFP8TrainingLinear
 
-WIDTH, HIDDEN, CLASSES = 32, 64, 4
+classifier = load_module(Path(__file__).with_name("classifier.py"), "_prec_torchao_tests_classifier")
+Classifier, WIDTH = classifier.Classifier, classifier.WIDTH
+
 EMULATE = {"mxfp8-mixed": {"emulate": True}, "int8-mixed": {}}
 LAYERS = {"mxfp8-mixed": MXFP8TrainingLinear, "int8-mixed": Int8TrainingLinear}
 CONVERTED = ["blocks.0.0", "blocks.0.2", "blocks.1.0", "blocks.1.2"]
 NAMES = ["mxfp8-mixed", "int8-mixed"]
 
 
-def data(batches: int = 6, batch_size: int = 24, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def data(batches: int = 6) -> classifier.Batches:
     """Batches of 24 rows: not a multiple of MXFP8's 32, so the MXFP8 layers pad every one."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batches * batch_size, WIDTH, generator=generator)
-    y = (x @ torch.randn(WIDTH, CLASSES, generator=generator)).argmax(dim=1)
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-
-
-def block() -> torch.nn.Sequential:
-    return torch.nn.Sequential(torch.nn.Linear(WIDTH, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, WIDTH))
-
-
-class Classifier(prec.TrainingModule):
-    """Two residual MLP blocks (32x64, 64x32: every format takes them), a norm and a 32x4 head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.blocks = torch.nn.ModuleList([block(), block()])
-        self.norm = torch.nn.LayerNorm(WIDTH)
-        self.head = torch.nn.Linear(WIDTH, CLASSES)
-        self.losses: list[float] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.blocks:
-            x = x + layer(x)
-        return self.head(self.norm(x))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = torch.nn.functional.cross_entropy(self(x).float(), y)
-        self.losses.append(loss.item())
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.cross_entropy(self(x).float(), y))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=3e-3)
+    return classifier.data(batches, batch_size=24)
 
 
 def converted(model: torch.nn.Module, name: str) -> list[str]:

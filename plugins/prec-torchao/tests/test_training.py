@@ -2,65 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _modules import load_module
 from torchao.float8.float8_linear import Float8Linear
 
 import prec
 from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 from prec_torchao.float8_cpu import CpuAutocastFloat8Linear
 
-WIDTH, HIDDEN, CLASSES = 32, 64, 4
+classifier = load_module(Path(__file__).with_name("classifier.py"), "_prec_torchao_tests_classifier")
+Classifier, WIDTH = classifier.Classifier, classifier.WIDTH
 
 
-def block() -> torch.nn.Sequential:
-    return torch.nn.Sequential(torch.nn.Linear(WIDTH, HIDDEN), torch.nn.GELU(), torch.nn.Linear(HIDDEN, WIDTH))
-
-
-def data(batches: int = 8, batch_size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batches * batch_size, WIDTH, generator=generator)
-    y = (x @ torch.randn(WIDTH, CLASSES, generator=generator)).argmax(dim=1)
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-
-
-class Classifier(prec.TrainingModule):
-    """Two residual MLP blocks, a norm and an output head (``head``, kept in high precision by default)."""
-
-    def __init__(self, build_in_configure_model: bool = False, lr: float = 3e-3) -> None:
-        super().__init__()
-        self.lr = lr
-        self.losses: list[float] = []
-        if not build_in_configure_model:
-            self.configure_model()
-
-    def configure_model(self) -> None:
-        if hasattr(self, "blocks"):
-            return
-        torch.manual_seed(0)
-        self.blocks = torch.nn.ModuleList([block(), block()])
-        self.norm = torch.nn.LayerNorm(WIDTH)
-        self.head = torch.nn.Linear(WIDTH, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.blocks:
-            x = x + layer(x)
-        return self.head(self.norm(x))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = torch.nn.functional.cross_entropy(self(x).float(), y)
-        self.losses.append(loss.item())
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", torch.nn.functional.cross_entropy(self(x).float(), y))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.lr)
+def data(batches: int = 8) -> classifier.Batches:
+    return classifier.data(batches, batch_size=16)
 
 
 EMULATE = {"emulate": True}

@@ -1,29 +1,36 @@
 """Whether torchao (and its fp8, MXFP8 and int8 training) can be used here, decided without importing it.
 
 ``prec list`` calls every plugin's registration hook, and importing torchao takes seconds (it loads its kernels and
-registers many ops), so registration only asks the import system and the installed metadata. The real import happens
-once, when a Trainer selects one of this package's precisions; a torchao that fails there (built for another torch)
-is reported with the error it raised.
+registers many ops), so registration only asks the import system and the installed metadata (through
+:class:`prec.plugin.Requirement`, as every plugin with an optional dependency does). The real import happens once,
+when a Trainer selects one of this package's precisions; a torchao that fails there (built for another torch) is
+reported with the error it raised.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prec.errors import UnsupportedPrecisionError
+from prec.plugin import Requirement, version_tuple
 
 #: The oldest torchao release this package is tested with (torchao 0.18 pairs with torch 2.13).
-MIN_TORCHAO = (0, 18, 0)
+MIN_TORCHAO = "0.18.0"
+INSTALL_HINT = f"pip install 'torchao>={MIN_TORCHAO}' (the torchao release built for your torch)"
+#: torchao logs a warning for every optional kernel library it cannot load (the CUDA ones, on a CPU torch), and
+#: torch one for a deprecated registration torchao makes; neither says anything about training.
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
-INSTALL_HINT = "pip install 'torchao>=0.18.0' (the torchao release built for your torch)"
+TORCHAO = Requirement(
+    "torchao",
+    plugin="prec-torchao",
+    minimum=MIN_TORCHAO,
+    install_hint=INSTALL_HINT,
+    quiet=QUIET_LOGGERS,
+)
 #: Where torchao 0.18 keeps MXFP8 training (Linear layers and grouped matmuls), and int8 mixed-precision training.
 MX_PACKAGE = "torchao.prototype.moe_training"
 INT8_MODULE = "torchao.prototype.quantized_training.int8_mixed_precision"
@@ -31,35 +38,15 @@ INT8_MODULE = "torchao.prototype.quantized_training.int8_mixed_precision"
 MIN_MX_CAPABILITY = (10, 0)
 MIN_MX_CUDA = (12, 8)
 
-T = TypeVar("T")
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    match = re.match(r"(\d+(?:\.\d+)*)", text)
-    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
-
 
 def torchao_version() -> str | None:
     """The installed torchao's version from its metadata, or ``None`` if it has none."""
-    try:
-        return metadata.version("torchao")
-    except metadata.PackageNotFoundError:
-        return None
+    return TORCHAO.version()
 
 
 def unavailable_reason() -> str | None:
     """Why prec-torchao cannot work here (torchao missing or too old), or ``None``. Imports nothing."""
-    try:
-        spec = importlib.util.find_spec("torchao")
-    except (ImportError, ValueError) as error:
-        return f"torchao cannot be found ({type(error).__name__}: {error}); {INSTALL_HINT}"
-    if spec is None:
-        return f"torchao is not installed; {INSTALL_HINT}"
-    version = torchao_version()
-    if version is not None and _version_tuple(version) < MIN_TORCHAO:
-        needed = ".".join(map(str, MIN_TORCHAO))
-        return f"torchao {version} is too old (prec-torchao needs torchao>={needed}); {INSTALL_HINT}"
-    return None
+    return TORCHAO.unavailable_reason()
 
 
 @dataclass(frozen=True)
@@ -91,36 +78,6 @@ class Int8Api:
     linear_function: Any
 
 
-def _import_torchao(what: str, build: Callable[[], T]) -> T:
-    """Run ``build`` (which imports torchao modules) with torchao's noisy loggers quietened, turning any import
-    failure into :class:`UnsupportedPrecisionError` that quotes it.
-
-    torchao logs a warning for every optional kernel library it cannot load (the CUDA ones, on a CPU torch), and
-    torch one for a deprecated registration torchao makes; neither says anything about training, so both loggers
-    are quietened for the import.
-    """
-    reason = unavailable_reason()
-    if reason is not None:
-        raise UnsupportedPrecisionError(f"{what} precisions need torchao: {reason}.")
-    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        return build()
-    except Exception as error:  # noqa: BLE001 - any import failure is the reason the precision cannot run
-        import torch
-
-        raise UnsupportedPrecisionError(
-            f"torchao {torchao_version() or '(unknown version)'} is installed but failed to import with torch"
-            f" {torch.__version__}: {type(error).__name__}: {error}. It is probably built for another torch;"
-            f" {INSTALL_HINT}."
-        ) from error
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def load_float8() -> Float8Api:
     """Import ``torchao.float8``, or raise :class:`UnsupportedPrecisionError` saying why it cannot be used."""
 
@@ -129,7 +86,7 @@ def load_float8() -> Float8Api:
         linear = importlib.import_module("torchao.float8.float8_linear")
         return Float8Api(float8.convert_to_float8_training, float8.Float8LinearConfig, linear.Float8Linear)
 
-    return _import_torchao("fp8", build)
+    return TORCHAO.load("fp8", build)
 
 
 def load_mx() -> MXApi:
@@ -144,7 +101,7 @@ def load_mx() -> MXApi:
     reason = mx_unavailable_reason()
     if reason is not None:
         raise UnsupportedPrecisionError(f"mxfp8 precisions need torchao's MX training: {reason}.")
-    return _import_torchao("mxfp8", build)
+    return TORCHAO.load("mxfp8", build)
 
 
 def load_int8() -> Int8Api:
@@ -154,7 +111,7 @@ def load_int8() -> Int8Api:
         module = importlib.import_module(INT8_MODULE)
         return Int8Api(module.Int8MixedPrecisionTrainingConfig, module._Int8MixedPrecisionTrainingLinearFunction)
 
-    return _import_torchao("int8", build)
+    return TORCHAO.load("int8", build)
 
 
 def _torchao_file(relative: str) -> bool:
@@ -190,7 +147,7 @@ def mx_gpu_reason(capability: tuple[int, int], cuda_version: str | None) -> str 
             f"MXFP8 matmuls need MX tensor cores: compute capability {needed} or newer (Blackwell: B200, GB200,"
             f" RTX 50xx), but this GPU has compute capability {capability[0]}.{capability[1]}"
         )
-    if cuda_version is None or _version_tuple(cuda_version) < MIN_MX_CUDA:
+    if cuda_version is None or version_tuple(cuda_version) < MIN_MX_CUDA:
         needed = ".".join(map(str, MIN_MX_CUDA))
         return f"torchao's MXFP8 kernels need a torch built with CUDA {needed}+, this one has CUDA {cuda_version}"
     return None

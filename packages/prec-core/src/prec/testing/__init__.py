@@ -14,6 +14,9 @@ fit that learns, state round-trips, idempotent teardown)::
 
 :class:`Sandbox` installs distributions into a throwaway virtual environment, to test a plugin installed the way
 a user installs it (entry points, ``prec list``) without touching the development environment.
+
+:func:`probe_plugin` lists the plugins and selects a precision in a fresh interpreter where the plugin's optional
+dependency is hidden, too old (:func:`write_distribution_metadata`) or broken (:func:`write_failing_package`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from prec.testing.conformance import (
     parametrize_precisions,
     precision_pairs,
 )
+from prec.testing.dependency import PluginProbe, probe_plugin, write_distribution_metadata, write_failing_package
 from prec.testing.sandbox import Sandbox, write_plugin_package
 
 __all__ = [
@@ -35,10 +39,14 @@ __all__ = [
     "CheckResult",
     "ConformanceError",
     "ConformanceReport",
+    "PluginProbe",
     "Sandbox",
     "check_precision",
     "global_state",
     "parametrize_precisions",
     "precision_pairs",
+    "probe_plugin",
+    "write_distribution_metadata",
+    "write_failing_package",
     "write_plugin_package",
 ]
