@@ -114,6 +114,7 @@ def measure(megabytes: int, repeats: int, folder: Path) -> dict[str, Any]:
         }
         for name, values in samples.items()
     }
+
     def paired(numerator: str, denominator: str, clock: int) -> float:
         """The median over repeats of one repeat's ratio: a busy moment slows both variants of that repeat."""
         pairs = zip(samples[numerator], samples[denominator], strict=True)

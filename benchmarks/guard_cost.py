@@ -124,13 +124,21 @@ def instructions_main() -> None:
         rows.append(
             [precision]
             + [f"{figures[case]:,.0f} ({figures[case] / raw:.3f}x)" for case in INSTRUCTION_CASES]
-            + [f"{figures['prec'] / figures['raw-module']:.3f}x", f"{figures['prec'] - figures['prec-unguarded']:+,.0f}"]
+            + [
+                f"{figures['prec'] / figures['raw-module']:.3f}x",
+                f"{figures['prec'] - figures['prec-unguarded']:+,.0f}",
+            ]
         )
         print(precision, figures, file=sys.stderr, flush=True)
     markdown = (
         f"# CPU instructions per step (callgrind), tiny MLP {SIZES}, batch 32, 1 thread\n\n"
         + table(
-            ["precision", *(f"{case} (vs raw)" for case in INSTRUCTION_CASES), "prec vs raw-module", "guard (on - off)"],
+            [
+                "precision",
+                *(f"{case} (vs raw)" for case in INSTRUCTION_CASES),
+                "prec vs raw-module",
+                "guard (on - off)",
+            ],
             rows,
         )
         + "\n\nTarget: prec (guard on) <= 1.03x raw; own-loop <= 1.05x raw.\n\n"

@@ -89,7 +89,9 @@ def test_a_model_without_batches_asks_for_batch(spec: str) -> None:
 
 # -- the plan in the Trainer -----------------------------------------------------------------------------------------
 def _kahan_plan(precision: str = "bf16-true") -> Plan:
-    return Plan(precision, keep_float32=(Decision("net.out", "why"),), master_weights=MasterWeightsDecision("kahan", "why"))
+    return Plan(
+        precision, keep_float32=(Decision("net.out", "why"),), master_weights=MasterWeightsDecision("kahan", "why")
+    )
 
 
 def test_a_plan_becomes_the_precisions_options(tmp_path: Path) -> None:
