@@ -6,13 +6,14 @@ warm-up, and the guard's cost is the median over rounds of (guarded - unguarded)
 of the unguarded step. Python and C calls per step are counted too (a measure load cannot distort).
 Target: the guarded step within 3 % of the unguarded one.
 
-CPU instructions per step (``--instructions``, needs valgrind): each case runs once under callgrind, which dumps
-its counters each time the step clock ticks (the tick calls ``os.getppid``, and callgrind is told
-``--dump-before=getppid``), so every dump holds exactly one step; the median over the steps after warm-up is the
-case's figure. Instrumentation starts at the first tick (``callgrind_control -i on``): importing torch under
-full instrumentation would take many minutes. An instruction count does not depend on the machine's load.
-Cases: the raw loop, prec with the guard off and on, and a loop of your own through the Precision API
-(``own-loop``, from ``step_calls.py``).
+CPU instructions per step (``--instructions``, needs valgrind): each case runs three times under callgrind, which
+dumps its counters each time the step clock ticks (the tick calls ``os.getppid``, and callgrind is told
+``--dump-before=getppid``), so every dump holds exactly one step; a process's figure is the median over its steps
+after warm-up, and the case's figure the median of its three processes (the memory layout a process gets moves
+its count by a few thousand). Instrumentation starts at the first tick (``callgrind_control -i on``): importing
+torch under full instrumentation would take many minutes. An instruction count does not depend on the machine's
+load. Cases: the raw loop, the raw loop around the frameworks' own module (``raw-module``), prec with the guard
+off and on, and a loop of your own through the Precision API (``own-loop``, from ``step_calls.py``).
 
     python benchmarks/guard_cost.py [--rounds 20] [--instructions]
 
@@ -70,8 +71,17 @@ def _instruction_child(case: str, precision: str) -> None:
     run(precision, SIZES, make_batches(SIZES, 32, INSTRUCTION_STEPS), _MarkingClock(), log)  # type: ignore[arg-type]
 
 
-def instructions_per_step(case: str, precision: str) -> float:
-    """Median CPU instructions of one training step of ``case`` (callgrind's ``Ir``, user space)."""
+def instructions_per_step(case: str, precision: str, processes: int = 3) -> float:
+    """CPU instructions of one training step of ``case`` (callgrind's ``Ir``, user space): the median over
+    ``processes`` runs of each run's median step. A step's count is steady within a process (a spread of about
+    0.5 %), but the memory layout a process gets moves it by a few thousand between processes."""
+    runs = [_instructions_one_process(case, precision) for _ in range(processes)]
+    figure = statistics.median(runs)
+    print(f"{precision} {case}: {figure:,.0f} instructions per step ({runs})", file=sys.stderr, flush=True)
+    return figure
+
+
+def _instructions_one_process(case: str, precision: str) -> float:
     with tempfile.TemporaryDirectory() as folder:
         command = [
             "valgrind",
@@ -92,9 +102,7 @@ def instructions_per_step(case: str, precision: str) -> float:
         dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda path: int(path.name.rsplit(".", 1)[1]))
         totals = [_total(path) for path in dumps]
     # Dump n holds what ran between tick n and tick n + 1 (one whole step); the first steps warm up.
-    steps = totals[WARMUP // 2 : -1]
-    print(f"{precision} {case}: {statistics.median(steps):,.0f} instructions per step", file=sys.stderr, flush=True)
-    return statistics.median(steps)
+    return statistics.median(totals[WARMUP // 2 : -1])
 
 
 def _total(path: Path) -> int:

@@ -19,9 +19,10 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from prec.errors import ConfigurationError
 
@@ -136,6 +137,8 @@ class MasterWeights(str, Enum):
     @property
     def weight_dtypes(self) -> tuple[torch.dtype, ...]:
         """The 16-bit weights the mode works with: its unbiased rounding is bfloat16's."""
+        import torch  # here, not at the top: `import prec` and `prec list` must not import torch
+
         return (torch.bfloat16, torch.float16) if self.keeps_float32_copy else (torch.bfloat16,)
 
     @classmethod
