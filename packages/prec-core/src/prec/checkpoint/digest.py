@@ -5,9 +5,10 @@ different weight. The digest covers the *loaded content* (every key, every scala
 shape and bytes), not the file's bytes: a flip the loader ignores (a zip header, a CRC field) leaves the weights
 unchanged, and any flip that changes what loads changes the digest.
 
-New checkpoints use XXH3-128 (``xxhash``): about 7 GB/s of CPU time on one core, so hashing the tensors once
-more in memory adds 0-12 % to the CPU time of a save or a load at 100 and 500 MB, where SHA-256 added 66-84 %
-(``benchmarks/results/checkpoint_checksum.md``). It is a check against accidents (a flipped bit on disk or in
+New checkpoints use XXH3-128 (``xxhash``): 10-20 GB/s of CPU time on one core, so hashing the tensors adds
+10-30 % to the CPU time of a save and about 15 % to a load at 100 and 500 MB, where SHA-256 added 80-110 %
+(``benchmarks/results/checkpoint_checksum.md``). A load hashes each storage as ``torch.load`` reads it
+(:mod:`prec.checkpoint.load_digests`). It is a check against accidents (a flipped bit on disk or in
 transfer), as SHA-256 was here: the record sits in the file it covers, so whoever can edit the file can re-hash
 it. The algorithm is named in the record, so checkpoints written with ``sha256`` (or ``blake2b``/``crc32``) still
 verify. Those are hashed on a few threads (``hashlib`` releases the GIL); XXH3 is faster than the thread pool.
@@ -60,15 +61,21 @@ ALGORITHMS: dict[str, Callable[[], Any]] = {
 }
 
 
-def payload_digest(payload: Any, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    """The hex digest of ``payload`` (a checkpoint dict without its checksum record)."""
+#: Digests of whole tensors already taken (by :class:`prec.checkpoint.load_digests.LoadTimeDigests`, as
+#: ``torch.load`` read them): ``known(tensor)`` is its digest, or ``None`` to hash it here.
+Known = Callable[[torch.Tensor], "str | None"]
+
+
+def payload_digest(payload: Any, algorithm: str = DEFAULT_ALGORITHM, known: Known | None = None) -> str:
+    """The hex digest of ``payload`` (a checkpoint dict without its checksum record). ``known`` supplies the
+    digests of tensors hashed earlier with the same ``algorithm``; the result is the same either way."""
     new = ALGORITHMS[algorithm]
     tokens: list[str] = []
     tensors: list[torch.Tensor] = []
     _walk(payload, tokens, tensors)
     outer = new()
     outer.update("\x1f".join(tokens).encode("utf-8", "surrogatepass"))
-    for digest in _tensor_digests(tensors, new):
+    for digest in _tensor_digests(tensors, new, known):
         outer.update(digest.encode())
     return str(outer.hexdigest())
 
@@ -79,9 +86,11 @@ def with_checksum(checkpoint: dict[str, Any], algorithm: str = DEFAULT_ALGORITHM
     return {**payload, CHECKSUM_KEY: {"algorithm": algorithm, "digest": payload_digest(payload, algorithm)}}
 
 
-def verify_checksum(path: Path, checkpoint: dict[str, Any]) -> bool:
+def verify_checksum(path: Path, checkpoint: dict[str, Any], known: Any = None) -> bool:
     """Check and remove the checksum record of a loaded checkpoint, in place; ``False`` when it has none (a
-    checkpoint written before checksums existed, or by another program). A mismatch is a CheckpointError."""
+    checkpoint written before checksums existed, or by another program). A mismatch is a CheckpointError.
+    ``known``: the load's :class:`~prec.checkpoint.load_digests.LoadTimeDigests`, used when its algorithm is the
+    record's."""
     record = checkpoint.pop(CHECKSUM_KEY, None)
     if record is None:
         damaged = [key for key in checkpoint if _one_character_off(key, CHECKSUM_KEY)]
@@ -94,7 +103,8 @@ def verify_checksum(path: Path, checkpoint: dict[str, Any]) -> bool:
         or not isinstance(record.get("digest"), str)
     ):
         raise CheckpointError(f"checkpoint {path} is damaged: its checksum record is unreadable ({record!r:.80}).")
-    actual = payload_digest(checkpoint, record["algorithm"])
+    usable = known if known is not None and known.algorithm == record["algorithm"] else None
+    actual = payload_digest(checkpoint, record["algorithm"], usable)
     if actual != record["digest"]:
         raise CheckpointError(
             f"checkpoint {path} is damaged: its contents do not match the {record['algorithm']} checksum stored"
@@ -135,17 +145,31 @@ def _walk(value: Any, tokens: list[str], tensors: list[torch.Tensor]) -> None:
         tokens.append(f"O:{type(value).__qualname__}:{'' if ' at 0x' in text else text}")
 
 
-def _tensor_digests(tensors: list[torch.Tensor], new: Callable[[], Any]) -> Iterable[str]:
+def _tensor_digests(tensors: list[torch.Tensor], new: Callable[[], Any], known: Known | None) -> Iterable[str]:
+    def digest(tensor: torch.Tensor) -> str:
+        earlier = known(tensor) if known is not None else None
+        return earlier if earlier is not None else _tensor_digest(tensor, new)
+
     total = sum(tensor.numel() * tensor.element_size() for tensor in tensors)
     workers = min(4, os.cpu_count() or 1)
     if total < _PARALLEL_BYTES or new in _SERIAL or workers == 1 or len(tensors) == 1:
-        return [_tensor_digest(tensor, new) for tensor in tensors]
+        return [digest(tensor) for tensor in tensors]
     with ThreadPoolExecutor(workers, thread_name_prefix="prec-checksum") as pool:
-        return list(pool.map(lambda tensor: _tensor_digest(tensor, new), tensors))
+        return list(pool.map(digest, tensors))
+
+
+def bytes_digest(pointer: int, size: int, new: Callable[[], Any]) -> str:
+    """The hex digest of ``size`` bytes of memory at ``pointer``, hashed in pieces: one call over many GiB would
+    hold one buffer for long."""
+    hasher = new()
+    memory = memoryview((ctypes.c_char * size).from_address(pointer)).cast("B")
+    step = 256 * 1024 * 1024
+    for start in range(0, size, step):
+        hasher.update(memory[start : start + step])
+    return str(hasher.hexdigest())
 
 
 def _tensor_digest(tensor: torch.Tensor, new: Callable[[], Any]) -> str:
-    hasher = new()
     if tensor.layout != torch.strided or tensor.device.type == "meta":
         return "-"  # sparse and meta tensors: their shape and dtype are covered by the tokens only
     data = tensor.detach().resolve_conj().resolve_neg()
@@ -153,17 +177,13 @@ def _tensor_digest(tensor: torch.Tensor, new: Callable[[], Any]) -> str:
         data = data.cpu()
     data = data.contiguous()
     size = data.numel() * data.element_size()
-    if size:
-        try:
-            pointer = data.data_ptr()
-        except RuntimeError:  # a wrapper subclass with no storage of its own
-            return "-"
-        view = (ctypes.c_char * size).from_address(pointer)
-        step = 256 * 1024 * 1024  # hash in pieces: one call over many GiB would hold one buffer for long
-        memory = memoryview(view).cast("B")
-        for start in range(0, size, step):
-            hasher.update(memory[start : start + step])
-    return str(hasher.hexdigest())
+    if not size:
+        return str(new().hexdigest())
+    try:
+        pointer = data.data_ptr()
+    except RuntimeError:  # a wrapper subclass with no storage of its own
+        return "-"
+    return bytes_digest(pointer, size, new)
 
 
 def file_digest(path: Path, algorithm: str = DEFAULT_ALGORITHM) -> str:

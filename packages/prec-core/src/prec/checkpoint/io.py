@@ -26,6 +26,7 @@ import torch
 
 from prec.checkpoint.checks import check_layout
 from prec.checkpoint.digest import verify_checksum, with_checksum
+from prec.checkpoint.load_digests import LoadTimeDigests, has_checksum_record
 from prec.errors import CheckpointError
 
 __all__ = ["STALE_TEMP_AGE_S", "atomic_save", "make_temporary", "read_checkpoint", "remove_stale_temporaries"]
@@ -168,17 +169,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         _refuse_directory(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}.")
+    # A checkpoint that will be verified is hashed storage by storage as it loads (one pass over its bytes).
+    known = LoadTimeDigests() if has_checksum_record(path) else None
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            location = known.map_location if known is not None else "cpu"
+            checkpoint = torch.load(path, map_location=location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"cannot read checkpoint {path} ({path.stat().st_size} bytes): the file is corrupt, truncated or not"
             f" a torch checkpoint. torch said: {type(error).__name__}: {reason}"
         ) from error
-    if isinstance(checkpoint, dict) and not verify_checksum(path, checkpoint):
+    if isinstance(checkpoint, dict) and not verify_checksum(path, checkpoint, known):
         _log.info("checkpoint %s has no checksum (written by an older prec or another program): not verified", path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = sorted(map(str, checkpoint))[:_LISTED] if isinstance(checkpoint, dict) else type(checkpoint).__name__
