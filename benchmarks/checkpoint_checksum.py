@@ -226,7 +226,8 @@ def markdown(results: dict[str, Any]) -> str:
         " covers). The digest is over the loaded contents (keys, scalars, each tensor's dtype, shape and bytes),"
         " not over the file's bytes; a load hashes each storage the moment `torch.load` reads it (its"
         " `map_location` hook), while its bytes are in the CPU cache, so a verified load passes over the data"
-        " once: the file is read once, a flip in bytes torch ignores loads identical weights, and the record stays inside the torch file (no side file or"
+        " once: the file is read once, a flip in bytes torch ignores loads identical weights, and the record stays"
+        " inside the torch file (no side file or"
         " trailer, which a file-bytes digest would need since the zip's first record is written before the"
         " tensors). The record names its algorithm: sha256, blake2b and crc32 checkpoints still verify.",
         "",
