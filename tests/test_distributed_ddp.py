@@ -254,6 +254,22 @@ def run_worker(command: list[str], cwd: Path, timeout: float = PROCESS_TIMEOUT_S
     return result
 
 
+def run_failing_job(out: Path, scenarios: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the worker's ``scenarios`` as a job prec starts itself, expected to fail; the timeout guards a hang."""
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run(
+        [sys.executable, str(script), str(out), scenarios],
+        cwd=out,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def results(out: Path, name: str) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     return [
         (json.loads((out / f"{name}_rank{rank}.json").read_text()), torch.load(out / f"{name}_rank{rank}.pt"))
@@ -377,18 +393,7 @@ def test_single_process_checkpoint_resumes_under_ddp(ddp_run: Path) -> None:
 def test_a_dead_rank_stops_the_job_instead_of_a_hang(tmp_path: Path) -> None:
     """Rank 1 dies before joining; rank 0 would wait in init_process_group for 30 minutes. The launcher's
     watchdog ends the job within its grace period instead."""
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "crash_rank1,ddp32"],
-        cwd=tmp_path,
-        env={**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_failing_job(tmp_path, "crash_rank1,ddp32", timeout=120)
     assert result.returncode == 1, result.stderr
     assert "prec: rank 1 exited with status 3 while rank 0 waits for it; stopping the job." in result.stderr
     assert not (tmp_path / "ddp32_rank0.json").exists()
@@ -398,18 +403,7 @@ def test_a_dead_rank_stops_the_job_instead_of_a_hang(tmp_path: Path) -> None:
 def test_a_rank_that_hangs_without_failing_is_named_with_where_it_was(tmp_path: Path) -> None:
     """Rank 1 sleeps inside training_step: alive, silent. Rank 0 fails in the all-reduce at the strategy's
     timeout (10 s here), and the launcher names rank 1 with its main thread's stack before stopping it."""
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "hang_rank1"],
-        cwd=tmp_path,
-        env={**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT_S,
-        check=False,
-    )
+    result = run_failing_job(tmp_path, "hang_rank1", timeout=PROCESS_TIMEOUT_S)
     assert result.returncode != 0, result.stderr
     stderr = result.stderr
     assert "prec: rank 1 was still running and reported no error" in stderr, stderr

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import prec
+
 
 def mse(model: nn.Module, batch: Any) -> Tensor:
     x, y = batch
@@ -67,3 +69,17 @@ class Outlier(nn.Module):
 def batch(inputs: int = 8, outputs: int = 4, size: int = 64, seed: int = 1) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(size, inputs, generator=generator), torch.randn(size, outputs, generator=generator)
+
+
+class TrainedWithNorms(prec.TrainingModule):
+    """:class:`WithNorms` as a module the Trainer fits (MSE loss, SGD): the callbacks' tests train it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = WithNorms()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return mse(self.net, batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)

@@ -26,16 +26,7 @@ _OWN_CODE = (str(_PREC / "callbacks" / "numerics.py"), str(_PREC / "callbacks" /
 _NEVER = 10**9  # a cadence that never comes within these runs
 
 
-class Net(prec.TrainingModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = models.WithNorms()
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return models.mse(self.net, batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+Net = models.TrainedWithNorms
 
 
 def _fit_calls(steps: int, callbacks: list[prec.Callback]) -> dict[str, int]:

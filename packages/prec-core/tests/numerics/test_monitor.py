@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from _modules import load_module
 
 import prec
@@ -16,16 +15,7 @@ import prec
 models = load_module(Path(__file__).with_name("models.py"), "_prec_numerics_models")
 
 
-class Net(prec.TrainingModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = models.WithNorms()
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return models.mse(self.net, batch)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+Net = models.TrainedWithNorms
 
 
 class HookProbe(prec.Callback):
