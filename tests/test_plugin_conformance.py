@@ -142,3 +142,23 @@ def test_a_report_without_raising() -> None:
 def test_options_reach_the_factory() -> None:
     report = check_precision("bf16-mixed", "cpu", options={"cache_enabled": False})
     assert report.ok
+
+
+@pytest.mark.parametrize("name", ["32-true", "bf16-mixed"])
+def test_train_losses_is_a_loop_of_your_own_that_learns(name: str) -> None:
+    """prec.testing.train_losses, which the plugins' GPU tests train with, on the CPU."""
+    from prec.testing import train_losses
+
+    precision = prec.get_precision(name, "cpu")
+    torch.manual_seed(0)
+    model = precision.convert_module(
+        torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 4))
+    )
+    frozen = model[0].bias
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    losses = train_losses(precision, model, x, y, steps=20, lr=1e-2)
+    assert len(losses) == 20 and all(isinstance(loss, float) for loss in losses)
+    assert losses[-1] < 0.7 * losses[0]
+    assert torch.equal(frozen, before)  # only trainable parameters are stepped

@@ -7,6 +7,7 @@ import torch
 
 import prec
 import prec_bnb
+from prec.testing import train_losses
 
 
 @pytest.mark.cuda
@@ -18,18 +19,9 @@ def test_fine_tuning_on_a_gpu(name: str) -> None:
     with torch.device("cuda"), precision.module_init_context():
         model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 16))
     precision.convert_module(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = torch.randn(64, 256, device="cuda")
     y = torch.randint(0, 16, (64,), device="cuda")
-    losses = []
-    for _ in range(30):
-        with precision.forward_context():
-            out = model(precision.convert_input(x))
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        precision.backward(loss, model)
-        precision.optimizer_step(optimizer)
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(precision, model, x, y)
     assert losses[-1] < 0.7 * losses[0]
     model.eval()
     with torch.no_grad(), precision.forward_context():

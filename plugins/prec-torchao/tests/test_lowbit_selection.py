@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import prec
+from prec.testing import train_losses
 from prec_torchao import Int8MixedPrecision, MXFP8MixedPrecision, mx_gpu_reason
 
 
@@ -99,16 +100,7 @@ def test_real_training_on_a_gpu(name: str) -> None:
         model.append(torch.nn.Linear(256, 16))
     precision.convert_module(model)
     assert precision.conversion.converted == ["0", "2"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(96, 256, device="cuda")
     y = torch.randint(0, 16, (96,), device="cuda")
-    losses = []
-    for _ in range(30):
-        with precision.forward_context():
-            out = model(precision.convert_input(x))
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        precision.backward(loss, model)
-        precision.optimizer_step(optimizer)
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(precision, model, x, y)
     assert losses[-1] < 0.5 * losses[0]

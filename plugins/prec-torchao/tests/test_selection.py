@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import prec
+from prec.testing import train_losses
 from prec_torchao import Float8MixedPrecision, Float8TruePrecision
 
 
@@ -72,16 +73,7 @@ def test_real_fp8_training_on_a_gpu(name: str) -> None:
         model.append(torch.nn.Linear(256, 16))
     precision.convert_module(model)
     assert [type(layer) for layer in model][:3:2] == [Float8Linear, Float8Linear]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(64, 256, device="cuda")
     y = torch.randint(0, 16, (64,), device="cuda")
-    losses = []
-    for _ in range(30):
-        with precision.forward_context():
-            out = model(precision.convert_input(x))
-        loss = torch.nn.functional.cross_entropy(out.float(), y)
-        precision.backward(loss, model)
-        precision.optimizer_step(optimizer)
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_losses(precision, model, x, y)
     assert losses[-1] < 0.5 * losses[0]

@@ -15,6 +15,8 @@ fit that learns, state round-trips, idempotent teardown)::
 :class:`Sandbox` installs distributions into a throwaway virtual environment, to test a plugin installed the way
 a user installs it (entry points, ``prec list``) without touching the development environment.
 
+:func:`train_losses` is a classifier's loop of your own through the Precision API, for tests on real hardware.
+
 :func:`probe_plugin` lists the plugins and selects a precision in a fresh interpreter where the plugin's optional
 dependency is hidden, too old (:func:`write_distribution_metadata`) or broken (:func:`write_failing_package`).
 """
@@ -32,6 +34,7 @@ from prec.testing.conformance import (
     precision_pairs,
 )
 from prec.testing.dependency import PluginProbe, probe_plugin, write_distribution_metadata, write_failing_package
+from prec.testing.loops import train_losses
 from prec.testing.sandbox import Sandbox, write_plugin_package
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "parametrize_precisions",
     "precision_pairs",
     "probe_plugin",
+    "train_losses",
     "write_distribution_metadata",
     "write_failing_package",
     "write_plugin_package",
