@@ -293,6 +293,15 @@ class LocalLauncher:
 _active: LocalLauncher | None = None
 
 
+def wait_for_started_processes() -> None:
+    """In rank 0 of a job this process started: wait for the other ranks to exit (stopping any still running
+    after :data:`CHILD_EXIT_TIMEOUT_S`). Rank 0 hosts the store the others talk to while their process groups shut
+    down, so it closes its own only after they are gone: a store that vanishes under a rank still shutting down
+    aborts that rank ("terminate called without an active exception"). Elsewhere nothing to do."""
+    if _active is not None:
+        _active.wait()
+
+
 @contextmanager
 def _record_failure(path: str) -> Iterator[None]:
     """In a process prec started: write the error that ends a run where rank 0 reads it."""

@@ -39,6 +39,7 @@ from prec.cluster.environment import (
     launched_by_launcher,
     launcher_run,
     read_environment,
+    wait_for_started_processes,
 )
 from prec.cluster.rendezvous import join_store
 from prec.cluster.rendezvous import rendezvous_timeout as resolve_rendezvous_timeout
@@ -377,5 +378,6 @@ def _manual_step(ddp: DistributedDataParallel, step: Callable[..., Any], *args: 
 
 
 def _destroy_process_group() -> None:
+    wait_for_started_processes()  # rank 0 hosts the store: the ranks it started exit before it closes
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
